@@ -1,0 +1,146 @@
+//! The command line: flags, configuration, logging, signals. Everything else is the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use natsgate::config::{Config, LogFormat};
+use natsgate::Gateway;
+
+/// A NATS-aware proxy: TLS termination and the authorization window in front of nats-server.
+#[derive(Parser, Debug)]
+#[command(name = "natsgate", version, about)]
+struct Cli {
+    /// The configuration file.
+    #[arg(long, short = 'c', default_value = "proxy.toml")]
+    config: PathBuf,
+    /// Validate the configuration, print the effective settings and exit (0: valid).
+    #[arg(long)]
+    check_config: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::load(&cli.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("natsgate: invalid configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if cli.check_config {
+        return check_config(config);
+    }
+    init_logging(&config);
+    for w in &config.warnings {
+        tracing::warn!("{w}");
+    }
+    tracing::info!("{}", config.upstream_timer_note());
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("natsgate: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(run(config))
+}
+
+fn check_config(config: Config) -> ExitCode {
+    // Certificates, keys and the seed are part of the configuration: load them too.
+    let described = config.describe();
+    let warnings = config.warnings.clone();
+    let note = config.upstream_timer_note();
+    if let Err(e) = Gateway::new(config) {
+        eprintln!("natsgate: invalid configuration: {e}");
+        return ExitCode::from(2);
+    }
+    print!("{described}");
+    for w in warnings {
+        println!("warning: {w}");
+    }
+    println!("{note}");
+    println!("configuration OK");
+    ExitCode::SUCCESS
+}
+
+fn init_logging(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("NATSGATE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false);
+    match config.log.format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+async fn run(config: Config) -> ExitCode {
+    let bind = config.listener.bind;
+    let admin_bind = config.admin_bind;
+    let gateway = match Gateway::new(config) {
+        Ok(g) => g,
+        Err(e) => {
+            tracing::error!("cannot start: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let listener = match tokio::net::TcpListener::bind(bind).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!("cannot listen on {bind}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let admin = match tokio::net::TcpListener::bind(admin_bind).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!("cannot listen on {admin_bind} (admin): {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing::info!(%bind, admin = %admin_bind, version = env!("CARGO_PKG_VERSION"), "natsgate listening");
+    let handle = gateway.handle();
+    tokio::spawn(reload_on_sighup(handle));
+    gateway.run(listener, Some(admin), shutdown_signal()).await;
+    tracing::info!("natsgate stopped");
+    ExitCode::SUCCESS
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install SIGTERM/SIGINT handlers");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}
+
+async fn reload_on_sighup(handle: natsgate::Handle) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::error!("cannot install the SIGHUP handler; reload is unavailable");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        match handle.reload() {
+            Ok(notes) => {
+                tracing::info!("configuration reloaded");
+                for n in notes {
+                    tracing::warn!("{n}");
+                }
+            }
+            Err(e) => tracing::error!("configuration reload failed, keeping the running one: {e}"),
+        }
+    }
+}

@@ -1,0 +1,334 @@
+//! The metric contract (DESIGN §3): names, labels, buckets, and the Prometheus recorder.
+//!
+//! Each [`Metrics`] owns its own `metrics-exporter-prometheus` recorder instead of installing a
+//! process-global one, so several proxies in one test process never see each other's counts.
+//! Every handle is registered once up front; the hot path only does atomic adds.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use metrics::{
+    Counter, Gauge, Histogram, Key, KeyName, Label, Metadata, Recorder, SharedString, Unit,
+};
+use metrics_exporter_prometheus::{
+    Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
+};
+
+pub const CONNECTIONS_ACCEPTED: &str = "natsgate_connections_accepted_total";
+pub const CONNECTIONS_ACTIVE: &str = "natsgate_connections_active";
+pub const CONNECTIONS_REJECTED: &str = "natsgate_connections_rejected_total";
+pub const CONNECT_WAIT: &str = "natsgate_connect_wait_seconds";
+pub const TLS_HANDSHAKE: &str = "natsgate_tls_handshake_seconds";
+pub const UPSTREAM_CONNECT: &str = "natsgate_upstream_connect_seconds";
+pub const UPSTREAM_ERRORS: &str = "natsgate_upstream_errors_total";
+pub const UPSTREAM_AUTH: &str = "natsgate_upstream_auth_total";
+pub const TRANSFERRED_BYTES: &str = "natsgate_transferred_bytes_total";
+pub const TLS_CERT_EXPIRY: &str = "natsgate_tls_cert_expiry_timestamp_seconds";
+pub const CONFIG_RELOADS: &str = "natsgate_config_reloads_total";
+pub const BUILD_INFO: &str = "natsgate_build_info";
+
+/// Why a connection was refused before it was established: the `reason` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reject {
+    AuthTimeout,
+    TlsHandshake,
+    TlsRequired,
+    Protocol,
+    Limit,
+    UpstreamUnavailable,
+    Shutdown,
+}
+
+impl Reject {
+    pub const ALL: [Reject; 7] = [
+        Reject::AuthTimeout,
+        Reject::TlsHandshake,
+        Reject::TlsRequired,
+        Reject::Protocol,
+        Reject::Limit,
+        Reject::UpstreamUnavailable,
+        Reject::Shutdown,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reject::AuthTimeout => "auth_timeout",
+            Reject::TlsHandshake => "tls_handshake",
+            Reject::TlsRequired => "tls_required",
+            Reject::Protocol => "protocol",
+            Reject::Limit => "limit",
+            Reject::UpstreamUnavailable => "upstream_unavailable",
+            Reject::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// The upstream's verdict on a forwarded CONNECT: the `result` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthResult {
+    Accepted,
+    Rejected,
+    Unknown,
+}
+
+/// Connection phase: the `phase` label of the active gauge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Pending,
+    Established,
+}
+
+/// Buckets for the connection-setup histograms: 1 ms to the longest sensible window.
+const SETUP_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0,
+];
+
+/// All of natsgate's metric handles plus the exporter that renders them.
+pub struct Metrics {
+    handle: PrometheusHandle,
+    pub accepted: Counter,
+    active_pending: Gauge,
+    active_established: Gauge,
+    rejected: [Counter; 7],
+    pub connect_wait: Histogram,
+    pub tls_handshake: Histogram,
+    pub upstream_connect: Histogram,
+    upstream_errors: Vec<Counter>,
+    upstream_auth: [Counter; 3],
+    pub client_to_upstream: Counter,
+    pub upstream_to_client: Counter,
+    cert_expiry: Gauge,
+    reload_success: Counter,
+    reload_failure: Counter,
+}
+
+impl Metrics {
+    /// Registers every series (so dashboards see zeros, not gaps). `servers` are the configured
+    /// upstream URLs, the only values the `server` label takes.
+    pub fn new(servers: &[String]) -> Metrics {
+        let mut builder = PrometheusBuilder::new();
+        for name in [CONNECT_WAIT, TLS_HANDSHAKE, UPSTREAM_CONNECT] {
+            builder = builder
+                .set_buckets_for_metric(Matcher::Full(name.to_string()), SETUP_BUCKETS)
+                .unwrap_or_else(|_| PrometheusBuilder::new());
+        }
+        let recorder = builder.build_recorder();
+        let handle = recorder.handle();
+        let r = Registrar(&recorder);
+
+        r.describe(CONNECTIONS_ACCEPTED, "Client connections accepted.", None);
+        r.describe(
+            CONNECTIONS_ACTIVE,
+            "Client connections open now, by phase.",
+            None,
+        );
+        r.describe(
+            CONNECTIONS_REJECTED,
+            "Client connections refused before they were established, by reason.",
+            None,
+        );
+        r.describe(
+            CONNECT_WAIT,
+            "Time from accept to the end of the client's CONNECT line.",
+            Some(Unit::Seconds),
+        );
+        r.describe(
+            TLS_HANDSHAKE,
+            "Client TLS handshake duration.",
+            Some(Unit::Seconds),
+        );
+        r.describe(
+            UPSTREAM_CONNECT,
+            "Time to connect to an upstream server and read its INFO.",
+            Some(Unit::Seconds),
+        );
+        r.describe(
+            UPSTREAM_ERRORS,
+            "Failed attempts to reach an upstream server.",
+            None,
+        );
+        r.describe(
+            UPSTREAM_AUTH,
+            "The upstream's verdict on forwarded CONNECTs.",
+            None,
+        );
+        r.describe(
+            TRANSFERRED_BYTES,
+            "Bytes relayed, by direction.",
+            Some(Unit::Bytes),
+        );
+        r.describe(
+            TLS_CERT_EXPIRY,
+            "Expiry (notAfter) of the served TLS certificate, Unix time.",
+            Some(Unit::Seconds),
+        );
+        r.describe(CONFIG_RELOADS, "Configuration reloads, by result.", None);
+        r.describe(
+            BUILD_INFO,
+            "Build information; the value is always 1.",
+            None,
+        );
+
+        r.gauge(BUILD_INFO, &[("version", env!("CARGO_PKG_VERSION"))])
+            .set(1.0);
+        let m = Metrics {
+            accepted: r.counter(CONNECTIONS_ACCEPTED, &[]),
+            active_pending: r.gauge(CONNECTIONS_ACTIVE, &[("phase", "pending")]),
+            active_established: r.gauge(CONNECTIONS_ACTIVE, &[("phase", "established")]),
+            rejected: Reject::ALL
+                .map(|why| r.counter(CONNECTIONS_REJECTED, &[("reason", why.as_str())])),
+            connect_wait: r.histogram(CONNECT_WAIT),
+            tls_handshake: r.histogram(TLS_HANDSHAKE),
+            upstream_connect: r.histogram(UPSTREAM_CONNECT),
+            upstream_errors: servers
+                .iter()
+                .map(|s| r.counter(UPSTREAM_ERRORS, &[("server", s)]))
+                .collect(),
+            upstream_auth: ["accepted", "rejected", "unknown"]
+                .map(|v| r.counter(UPSTREAM_AUTH, &[("result", v)])),
+            client_to_upstream: r
+                .counter(TRANSFERRED_BYTES, &[("direction", "client_to_upstream")]),
+            upstream_to_client: r
+                .counter(TRANSFERRED_BYTES, &[("direction", "upstream_to_client")]),
+            cert_expiry: r.gauge(TLS_CERT_EXPIRY, &[]),
+            reload_success: r.counter(CONFIG_RELOADS, &[("result", "success")]),
+            reload_failure: r.counter(CONFIG_RELOADS, &[("result", "failure")]),
+            handle,
+        };
+        m.active_pending.set(0.0);
+        m.active_established.set(0.0);
+        m
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        self.handle.render()
+    }
+
+    /// Drains histogram buffers; run periodically so memory stays flat between scrapes.
+    pub fn run_upkeep(&self) {
+        self.handle.run_upkeep();
+    }
+
+    pub fn reject(&self, why: Reject) {
+        let i = Reject::ALL.iter().position(|r| *r == why).unwrap_or(0);
+        self.rejected[i].increment(1);
+    }
+
+    pub fn upstream_error(&self, server_index: usize) {
+        if let Some(c) = self.upstream_errors.get(server_index) {
+            c.increment(1);
+        }
+    }
+
+    pub fn upstream_auth(&self, result: AuthResult) {
+        let i = match result {
+            AuthResult::Accepted => 0,
+            AuthResult::Rejected => 1,
+            AuthResult::Unknown => 2,
+        };
+        self.upstream_auth[i].increment(1);
+    }
+
+    pub fn active(&self, phase: Phase) -> &Gauge {
+        match phase {
+            Phase::Pending => &self.active_pending,
+            Phase::Established => &self.active_established,
+        }
+    }
+
+    pub fn config_reload(&self, ok: bool) {
+        if ok {
+            self.reload_success.increment(1);
+        } else {
+            self.reload_failure.increment(1);
+        }
+    }
+
+    pub fn set_cert_expiry(&self, not_after: SystemTime) {
+        let secs = not_after
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or(Duration::ZERO)
+            .as_secs_f64();
+        self.cert_expiry.set(secs);
+    }
+}
+
+/// Registers handles with one recorder (not the global one).
+struct Registrar<'a>(&'a PrometheusRecorder);
+
+impl Registrar<'_> {
+    fn key(name: &'static str, labels: &[(&'static str, &str)]) -> Key {
+        let labels: Vec<Label> = labels
+            .iter()
+            .map(|(k, v)| Label::new(*k, v.to_string()))
+            .collect();
+        Key::from_parts(name, labels)
+    }
+
+    fn meta() -> Metadata<'static> {
+        Metadata::new(module_path!(), metrics::Level::INFO, Some(module_path!()))
+    }
+
+    fn counter(&self, name: &'static str, labels: &[(&'static str, &str)]) -> Counter {
+        self.0
+            .register_counter(&Self::key(name, labels), &Self::meta())
+    }
+
+    fn gauge(&self, name: &'static str, labels: &[(&'static str, &str)]) -> Gauge {
+        self.0
+            .register_gauge(&Self::key(name, labels), &Self::meta())
+    }
+
+    fn histogram(&self, name: &'static str) -> Histogram {
+        self.0
+            .register_histogram(&Self::key(name, &[]), &Self::meta())
+    }
+
+    fn describe(&self, name: &'static str, help: &'static str, unit: Option<Unit>) {
+        let key = KeyName::from_const_str(name);
+        let help = SharedString::const_str(help);
+        match name {
+            CONNECT_WAIT | TLS_HANDSHAKE | UPSTREAM_CONNECT => {
+                self.0.describe_histogram(key, unit, help)
+            }
+            CONNECTIONS_ACTIVE | TLS_CERT_EXPIRY | BUILD_INFO => {
+                self.0.describe_gauge(key, unit, help)
+            }
+            _ => self.0.describe_counter(key, unit, help),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_every_series_with_buckets() {
+        let m = Metrics::new(&["nats://a:4222".into()]);
+        m.connect_wait.record(0.02);
+        m.reject(Reject::Limit);
+        let text = m.render();
+        assert!(
+            text.contains("natsgate_connect_wait_seconds_bucket{le=\"0.025\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("natsgate_connections_rejected_total{reason=\"limit\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("natsgate_connections_rejected_total{reason=\"shutdown\"} 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("natsgate_upstream_errors_total{server=\"nats://a:4222\"} 0"),
+            "{text}"
+        );
+        assert!(text.contains("natsgate_build_info{version="), "{text}");
+        assert!(
+            !text.contains("quantile"),
+            "histograms, not summaries: {text}"
+        );
+    }
+}

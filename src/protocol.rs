@@ -1,0 +1,569 @@
+//! NATS framing that natsgate needs, and nothing more: the INFO line, the client's first
+//! CONNECT line, the upstream verdict, the PROXY protocol header and the client-visible errors.
+//!
+//! Everything here is pure (bytes in, values out, no I/O, no clocks), so it is unit-tested,
+//! property-tested and fuzzed directly.
+
+use std::net::SocketAddr;
+use std::ops::Range;
+
+use serde_json::{Map, Value};
+
+/// Sent when the window closes before a complete CONNECT (nats-server's own text).
+pub const ERR_AUTH_TIMEOUT: &[u8] = b"-ERR 'Authentication Timeout'\r\n";
+/// Sent when the first op is not CONNECT.
+pub const ERR_AUTH_VIOLATION: &[u8] = b"-ERR 'Authorization Violation'\r\n";
+/// Sent when the CONNECT line exceeds `listener.max_control_line`.
+pub const ERR_MAX_CONTROL_LINE: &[u8] = b"-ERR 'maximum control line exceeded'\r\n";
+/// Sent when a client speaks plaintext where TLS is required.
+pub const ERR_TLS_REQUIRED: &[u8] = b"-ERR 'Secure Connection - TLS Required'\r\n";
+/// Sent when a connection limit is reached at accept.
+pub const ERR_MAX_CONNECTIONS: &[u8] = b"-ERR 'maximum connections exceeded'\r\n";
+
+/// Why the client's first line was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConnectError {
+    #[error("first op is not CONNECT")]
+    NotConnect,
+    #[error("CONNECT line longer than max_control_line")]
+    TooLong,
+    #[error("invalid CONNECT argument: {0}")]
+    BadArgument(String),
+}
+
+impl ConnectError {
+    /// The exact bytes the client receives before it is closed.
+    pub fn client_error(&self) -> Vec<u8> {
+        match self {
+            ConnectError::NotConnect => ERR_AUTH_VIOLATION.to_vec(),
+            ConnectError::TooLong => ERR_MAX_CONTROL_LINE.to_vec(),
+            ConnectError::BadArgument(why) => {
+                // The text is ours (never the client's bytes), but keep the quoting intact.
+                let why = why.replace(['\'', '\r', '\n'], " ");
+                format!("-ERR 'Invalid CONNECT Arguments: {why}'\r\n").into_bytes()
+            }
+        }
+    }
+}
+
+/// A complete CONNECT line found at the start of the client's bytes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConnectLine {
+    /// Length of the whole line including its `\n`; the bytes after it are the client's
+    /// pipelined traffic and are forwarded untouched.
+    pub line_len: usize,
+    /// Where the JSON argument sits inside the buffer.
+    pub arg: Range<usize>,
+    /// The parsed argument (always an object).
+    pub fields: Map<String, Value>,
+}
+
+impl ConnectLine {
+    /// The fields that a log line may show. Secrets (`pass`, `auth_token`, `sig`, `jwt`,
+    /// `nkey`) are deliberately not among them.
+    pub fn client_identity(&self) -> ClientIdentity {
+        let get = |k: &str| {
+            self.fields
+                .get(k)
+                .and_then(Value::as_str)
+                .map(|s| s.chars().take(64).collect::<String>())
+        };
+        ClientIdentity {
+            name: get("name"),
+            lang: get("lang"),
+            version: get("version"),
+            user: get("user"),
+        }
+    }
+}
+
+/// What may be logged about a client.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClientIdentity {
+    pub name: Option<String>,
+    pub lang: Option<String>,
+    pub version: Option<String>,
+    pub user: Option<String>,
+}
+
+const CONNECT: &[u8] = b"CONNECT";
+
+/// Looks for a complete, well-formed CONNECT line at the start of `buf`.
+///
+/// Returns `Ok(None)` while more bytes are needed, so it can be called after every read however
+/// the client splits its writes. It fails as early as the bytes allow: a first byte that cannot
+/// start `CONNECT` is refused at once, and a line that has outgrown `max_control_line` is refused
+/// without waiting for its end.
+pub fn scan_connect(
+    buf: &[u8],
+    max_control_line: usize,
+) -> Result<Option<ConnectLine>, ConnectError> {
+    // The op, case-insensitively, as far as the bytes go.
+    for (i, b) in buf.iter().take(CONNECT.len()).enumerate() {
+        if b.to_ascii_uppercase() != CONNECT[i] {
+            return Err(ConnectError::NotConnect);
+        }
+    }
+    if buf.len() > CONNECT.len() {
+        match buf[CONNECT.len()] {
+            b' ' | b'\t' => {}
+            b'\r' | b'\n' => return Err(ConnectError::BadArgument("missing JSON object".into())),
+            _ => return Err(ConnectError::NotConnect),
+        }
+    }
+    let Some(nl) = memchr::memchr(b'\n', buf) else {
+        // `max_control_line` bytes of content plus a pending `\r` may still be fine.
+        if buf.len() > max_control_line.saturating_add(1) {
+            return Err(ConnectError::TooLong);
+        }
+        return Ok(None);
+    };
+    let content_end = if nl > 0 && buf[nl - 1] == b'\r' {
+        nl - 1
+    } else {
+        nl
+    };
+    if content_end > max_control_line {
+        return Err(ConnectError::TooLong);
+    }
+    let mut start = CONNECT.len();
+    let mut end = content_end;
+    while start < end && matches!(buf[start], b' ' | b'\t') {
+        start += 1;
+    }
+    while end > start && matches!(buf[end - 1], b' ' | b'\t') {
+        end -= 1;
+    }
+    if start == end {
+        return Err(ConnectError::BadArgument("missing JSON object".into()));
+    }
+    let fields = match serde_json::from_slice::<Value>(&buf[start..end]) {
+        Ok(Value::Object(m)) => m,
+        Ok(other) => {
+            return Err(ConnectError::BadArgument(format!(
+                "expected a JSON object, got {}",
+                json_kind(&other)
+            )))
+        }
+        Err(e) => return Err(ConnectError::BadArgument(format!("not valid JSON: {e}"))),
+    };
+    Ok(Some(ConnectLine {
+        line_len: nl + 1,
+        arg: start..end,
+        fields,
+    }))
+}
+
+fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Builds a CONNECT line with `proxy_sig` added (ADR-55 trusted proxy). Every other field is
+/// kept as the client sent it, in the client's order.
+pub fn connect_with_proxy_sig(fields: &Map<String, Value>, proxy_sig: &str) -> Vec<u8> {
+    let mut fields = fields.clone();
+    fields.insert("proxy_sig".into(), Value::String(proxy_sig.to_string()));
+    let mut out = b"CONNECT ".to_vec();
+    // Serializing a map of JSON values cannot fail.
+    out.extend_from_slice(&serde_json::to_vec(&fields).unwrap_or_default());
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+/// A problem with the upstream's INFO line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InfoError {
+    #[error("upstream's first line is not INFO")]
+    NotInfo,
+    #[error("upstream INFO is not a JSON object: {0}")]
+    BadJson(String),
+}
+
+/// Parses `INFO {json} \r\n` (the terminator may be present or already stripped).
+pub fn parse_info(line: &[u8]) -> Result<Map<String, Value>, InfoError> {
+    if line.len() < 5
+        || !line[..4].eq_ignore_ascii_case(b"INFO")
+        || !matches!(line[4], b' ' | b'\t')
+    {
+        return Err(InfoError::NotInfo);
+    }
+    let json = line[5..].trim_ascii();
+    match serde_json::from_slice::<Value>(json) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(other) => Err(InfoError::BadJson(format!("got {}", json_kind(&other)))),
+        Err(e) => Err(InfoError::BadJson(e.to_string())),
+    }
+}
+
+/// What the client-facing INFO says about TLS: natsgate's own listener, not the upstream's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsAdvert {
+    /// No TLS on the client side.
+    None,
+    /// `tls_required: true`.
+    Required { verify: bool },
+    /// `tls_available: true`: plaintext and TLS clients are both served.
+    Available { verify: bool },
+}
+
+/// Rewrites the upstream INFO for the client: the nonce and every other field are kept; only
+/// the TLS flags (natsgate's listener decides them) and, when asked, `connect_urls` (which would
+/// let clients bypass natsgate) change. Returns the complete `INFO {json} \r\n` line.
+pub fn rewrite_info(
+    mut info: Map<String, Value>,
+    tls: TlsAdvert,
+    strip_connect_urls: bool,
+) -> Vec<u8> {
+    let (required, available, verify) = match tls {
+        TlsAdvert::None => (false, false, false),
+        TlsAdvert::Required { verify } => (true, false, verify),
+        TlsAdvert::Available { verify } => (false, true, verify),
+    };
+    set_flag(&mut info, "tls_required", required);
+    set_flag(&mut info, "tls_available", available);
+    set_flag(&mut info, "tls_verify", verify);
+    if strip_connect_urls {
+        info.remove("connect_urls");
+        info.remove("ws_connect_urls");
+    }
+    let mut out = b"INFO ".to_vec();
+    out.extend_from_slice(&serde_json::to_vec(&info).unwrap_or_default());
+    out.extend_from_slice(b" \r\n");
+    out
+}
+
+/// nats-server omits false flags (`omitempty`); do the same so clients see familiar INFO.
+fn set_flag(info: &mut Map<String, Value>, key: &str, on: bool) {
+    if on {
+        info.insert(key.into(), Value::Bool(true));
+    } else {
+        info.remove(key);
+    }
+}
+
+/// The upstream's answer to the forwarded CONNECT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// `+OK` or `PONG` (or any traffic an authenticated client gets).
+    Accepted,
+    /// `-ERR`.
+    Rejected,
+}
+
+/// Watches the start of the upstream-to-client stream for the verdict on CONNECT. It only
+/// observes bytes that are being forwarded anyway, so it never holds that direction back.
+#[derive(Debug, Default)]
+pub struct VerdictScanner {
+    /// Up to four bytes of the current line's start (ops are recognised by their first bytes).
+    head: [u8; 4],
+    head_len: usize,
+    /// Inside an INFO line, which says nothing about the verdict: skip to its end.
+    skipping_line: bool,
+    done: bool,
+}
+
+impl VerdictScanner {
+    /// Feeds the next bytes; returns the verdict once, when it is known.
+    pub fn feed(&mut self, mut bytes: &[u8]) -> Option<Verdict> {
+        while !self.done && !bytes.is_empty() {
+            if self.skipping_line {
+                match memchr::memchr(b'\n', bytes) {
+                    Some(i) => {
+                        bytes = &bytes[i + 1..];
+                        self.skipping_line = false;
+                        self.head_len = 0;
+                    }
+                    None => return None,
+                }
+                continue;
+            }
+            let take = (4 - self.head_len).min(bytes.len());
+            self.head[self.head_len..self.head_len + take].copy_from_slice(&bytes[..take]);
+            self.head_len += take;
+            bytes = &bytes[take..];
+            let head = &self.head[..self.head_len];
+            let starts = |op: &[u8]| {
+                let n = head.len().min(op.len());
+                head[..n].eq_ignore_ascii_case(&op[..n])
+            };
+            if starts(b"INFO") {
+                if self.head_len == 4 {
+                    self.skipping_line = true;
+                }
+                continue;
+            }
+            if starts(b"-ERR") {
+                if self.head_len == 4 {
+                    self.done = true;
+                    return Some(Verdict::Rejected);
+                }
+                continue;
+            }
+            self.done = true;
+            return Some(Verdict::Accepted);
+        }
+        None
+    }
+}
+
+/// PROXY protocol header (v1 text or v2 binary) announcing the client's address to upstream.
+/// `None` for the addresses writes a v2 LOCAL header (health probes: the socket's own address
+/// stands). Mixed address families are expressed as IPv6 (v4-mapped).
+pub fn proxy_header_v1(src: SocketAddr, dst: SocketAddr) -> Vec<u8> {
+    let (src, dst) = same_family(src, dst);
+    let fam = if src.is_ipv4() { "TCP4" } else { "TCP6" };
+    format!(
+        "PROXY {fam} {} {} {} {}\r\n",
+        src.ip(),
+        dst.ip(),
+        src.port(),
+        dst.port()
+    )
+    .into_bytes()
+}
+
+/// The 12-byte signature that starts every PROXY v2 header.
+pub const PROXY_V2_SIGNATURE: [u8; 12] = *b"\r\n\r\n\0\r\nQUIT\n";
+
+/// PROXY protocol v2 header; `None` writes a LOCAL command.
+pub fn proxy_header_v2(addrs: Option<(SocketAddr, SocketAddr)>) -> Vec<u8> {
+    let mut out = PROXY_V2_SIGNATURE.to_vec();
+    match addrs {
+        None => {
+            out.push(0x20); // version 2, LOCAL
+            out.push(0x00); // UNSPEC
+            out.extend_from_slice(&0u16.to_be_bytes());
+        }
+        Some((src, dst)) => {
+            let (src, dst) = same_family(src, dst);
+            out.push(0x21); // version 2, PROXY
+            match (src, dst) {
+                (SocketAddr::V4(s), SocketAddr::V4(d)) => {
+                    out.push(0x11); // TCP over IPv4
+                    out.extend_from_slice(&12u16.to_be_bytes());
+                    out.extend_from_slice(&s.ip().octets());
+                    out.extend_from_slice(&d.ip().octets());
+                }
+                (s, d) => {
+                    out.push(0x21); // TCP over IPv6
+                    out.extend_from_slice(&36u16.to_be_bytes());
+                    out.extend_from_slice(&v6(s.ip()).octets());
+                    out.extend_from_slice(&v6(d.ip()).octets());
+                }
+            }
+            out.extend_from_slice(&src.port().to_be_bytes());
+            out.extend_from_slice(&dst.port().to_be_bytes());
+        }
+    }
+    out
+}
+
+fn v6(ip: std::net::IpAddr) -> std::net::Ipv6Addr {
+    match ip {
+        std::net::IpAddr::V4(a) => a.to_ipv6_mapped(),
+        std::net::IpAddr::V6(a) => a,
+    }
+}
+
+fn same_family(src: SocketAddr, dst: SocketAddr) -> (SocketAddr, SocketAddr) {
+    if src.is_ipv4() == dst.is_ipv4() {
+        return (src, dst);
+    }
+    (
+        SocketAddr::new(v6(src.ip()).into(), src.port()),
+        SocketAddr::new(v6(dst.ip()).into(), dst.port()),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAX: usize = 4096;
+
+    #[test]
+    fn connect_whole_and_pipelined() {
+        let buf = b"CONNECT {\"verbose\":false}\r\nPING\r\n";
+        let c = scan_connect(buf, MAX).unwrap().unwrap();
+        assert_eq!(&buf[c.line_len..], b"PING\r\n");
+        assert_eq!(&buf[c.arg.clone()], b"{\"verbose\":false}");
+    }
+
+    #[test]
+    fn connect_case_and_newline_tolerant() {
+        let c = scan_connect(b"connect\t{}\n", MAX).unwrap().unwrap();
+        assert_eq!(c.line_len, 11);
+        assert!(scan_connect(b"CoNnEcT {} \r\n", MAX).unwrap().is_some());
+    }
+
+    #[test]
+    fn connect_needs_more_bytes() {
+        let full = b"CONNECT {\"a\":1}\r\n";
+        for i in 0..full.len() {
+            assert_eq!(scan_connect(&full[..i], MAX), Ok(None), "prefix {i}");
+        }
+    }
+
+    #[test]
+    fn wrong_first_op_fails_at_first_byte() {
+        assert_eq!(scan_connect(b"P", MAX), Err(ConnectError::NotConnect));
+        assert_eq!(
+            scan_connect(b"PING\r\n", MAX),
+            Err(ConnectError::NotConnect)
+        );
+        assert_eq!(
+            scan_connect(b"CONNECTX {}\r\n", MAX),
+            Err(ConnectError::NotConnect)
+        );
+        assert_eq!(
+            scan_connect(b"\x16\x03\x01", MAX),
+            Err(ConnectError::NotConnect)
+        );
+    }
+
+    #[test]
+    fn too_long_fails_before_newline() {
+        let mut line = b"CONNECT {\"name\":\"".to_vec();
+        line.resize(101, b'a');
+        assert_eq!(scan_connect(&line, 99), Err(ConnectError::TooLong));
+        assert_eq!(scan_connect(&line[..100], 99), Ok(None));
+        let ok = b"CONNECT {}\r\n";
+        assert!(scan_connect(ok, 10).unwrap().is_some());
+        assert_eq!(scan_connect(ok, 9), Err(ConnectError::TooLong));
+    }
+
+    #[test]
+    fn argument_must_be_a_json_object() {
+        for bad in [
+            &b"CONNECT [1]\r\n"[..],
+            b"CONNECT nope\r\n",
+            b"CONNECT\r\n",
+            b"CONNECT   \r\n",
+            b"CONNECT {}\rPING\r\n",
+        ] {
+            match scan_connect(bad, MAX) {
+                Err(e @ ConnectError::BadArgument(_)) => {
+                    let bytes = e.client_error();
+                    assert!(bytes.starts_with(b"-ERR 'Invalid CONNECT Arguments: "));
+                    assert!(bytes.ends_with(b"'\r\n"));
+                    assert_eq!(bytes.iter().filter(|&&b| b == b'\'').count(), 2);
+                }
+                other => panic!("{:?}: {other:?}", String::from_utf8_lossy(bad)),
+            }
+        }
+    }
+
+    #[test]
+    fn identity_leaves_secrets_out() {
+        let c = scan_connect(
+            b"CONNECT {\"user\":\"u\",\"pass\":\"p\",\"name\":\"n\",\"auth_token\":\"t\"}\n",
+            MAX,
+        )
+        .unwrap()
+        .unwrap();
+        let id = c.client_identity();
+        assert_eq!(id.user.as_deref(), Some("u"));
+        assert_eq!(id.name.as_deref(), Some("n"));
+        assert!(!format!("{id:?}").contains('p') || !format!("{id:?}").contains("\"p\""));
+    }
+
+    #[test]
+    fn info_rewrite_keeps_nonce_strips_urls() {
+        let line = br#"INFO {"server_id":"S","nonce":"abc","connect_urls":["10.0.0.1:4222"],"tls_required":true,"headers":true,"max_payload":1048576} "#;
+        let info = parse_info(line).unwrap();
+        let out = rewrite_info(info, TlsAdvert::None, true);
+        let text = std::str::from_utf8(&out).unwrap();
+        assert!(
+            text.starts_with("INFO {\"server_id\":\"S\",\"nonce\":\"abc\""),
+            "{text}"
+        );
+        assert!(text.ends_with("} \r\n"));
+        assert!(!text.contains("connect_urls"));
+        assert!(!text.contains("tls_required"));
+        let again = parse_info(&out).unwrap();
+        assert_eq!(again["headers"], Value::Bool(true));
+
+        let out = rewrite_info(
+            parse_info(line).unwrap(),
+            TlsAdvert::Available { verify: false },
+            false,
+        );
+        let m = parse_info(&out).unwrap();
+        assert_eq!(m["tls_available"], Value::Bool(true));
+        assert!(m.contains_key("connect_urls"));
+    }
+
+    #[test]
+    fn info_errors() {
+        assert_eq!(parse_info(b"-ERR 'x'\r\n"), Err(InfoError::NotInfo));
+        assert!(matches!(
+            parse_info(b"INFO [1]\r\n"),
+            Err(InfoError::BadJson(_))
+        ));
+        assert!(matches!(
+            parse_info(b"INFO {\r\n"),
+            Err(InfoError::BadJson(_))
+        ));
+    }
+
+    #[test]
+    fn verdicts() {
+        let v = |chunks: &[&[u8]]| {
+            let mut s = VerdictScanner::default();
+            chunks.iter().find_map(|c| s.feed(c))
+        };
+        assert_eq!(v(&[b"+OK\r\n"]), Some(Verdict::Accepted));
+        assert_eq!(v(&[b"PO", b"NG\r\n"]), Some(Verdict::Accepted));
+        assert_eq!(
+            v(&[b"-E", b"R", b"R 'Authorization Violation'\r\n"]),
+            Some(Verdict::Rejected)
+        );
+        assert_eq!(
+            v(&[b"INFO {\"a\":", b"1} \r\n-ERR 'x'\r\n"]),
+            Some(Verdict::Rejected)
+        );
+        assert_eq!(v(&[b"INFO {} \r\nPONG\r\n"]), Some(Verdict::Accepted));
+        assert_eq!(v(&[b"INF"]), None);
+        assert_eq!(v(&[b"-ER"]), None);
+    }
+
+    #[test]
+    fn proxy_headers() {
+        let s: SocketAddr = "127.0.0.9:5000".parse().unwrap();
+        let d: SocketAddr = "127.0.0.1:4222".parse().unwrap();
+        assert_eq!(
+            proxy_header_v1(s, d),
+            b"PROXY TCP4 127.0.0.9 127.0.0.1 5000 4222\r\n"
+        );
+        let v2 = proxy_header_v2(Some((s, d)));
+        assert_eq!(&v2[..12], &PROXY_V2_SIGNATURE);
+        assert_eq!(&v2[12..16], &[0x21, 0x11, 0, 12]);
+        assert_eq!(&v2[16..20], &[127, 0, 0, 9]);
+        assert_eq!(&v2[24..26], &5000u16.to_be_bytes());
+        assert_eq!(v2.len(), 28);
+        assert_eq!(&proxy_header_v2(None)[12..], &[0x20, 0, 0, 0]);
+        let d6: SocketAddr = "[::1]:4222".parse().unwrap();
+        let v1 = String::from_utf8(proxy_header_v1(s, d6)).unwrap();
+        assert_eq!(v1, "PROXY TCP6 ::ffff:127.0.0.9 ::1 5000 4222\r\n");
+        assert_eq!(proxy_header_v2(Some((s, d6))).len(), 16 + 36);
+    }
+
+    #[test]
+    fn proxy_sig_is_added() {
+        let c = scan_connect(b"CONNECT {\"user\":\"u\",\"verbose\":false}\r\n", MAX)
+            .unwrap()
+            .unwrap();
+        let out = connect_with_proxy_sig(&c.fields, "SIG");
+        assert_eq!(
+            out,
+            b"CONNECT {\"user\":\"u\",\"verbose\":false,\"proxy_sig\":\"SIG\"}\r\n"
+        );
+    }
+}

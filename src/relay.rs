@@ -1,0 +1,153 @@
+//! The spliced byte stream after CONNECT: both directions at once, bounded buffers, byte counts,
+//! half-close propagation, and the upstream's verdict read in passing.
+
+use std::time::Duration;
+
+use metrics::Counter;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::{AuthResult, Metrics};
+use crate::protocol::{Verdict, VerdictScanner};
+use crate::stream::Stream;
+
+/// Per-direction buffer. Large enough that bulk publishes move in few syscalls, small enough
+/// that an established connection costs a bounded, known amount of memory.
+pub const BUFFER_SIZE: usize = 32 * 1024;
+
+/// Once upstream has closed, how long the client may keep its side open before natsgate
+/// closes it (nats-server never half-closes on purpose; this bounds a client that ignores FIN).
+const UPSTREAM_CLOSED_GRACE: Duration = Duration::from_secs(5);
+
+/// How the relay ended.
+#[derive(Debug)]
+pub enum RelayEnd {
+    ClientClosed,
+    UpstreamClosed,
+    Error(std::io::Error),
+    /// The shutdown drain period ran out.
+    Shutdown,
+}
+
+impl RelayEnd {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            RelayEnd::ClientClosed => "client_closed",
+            RelayEnd::UpstreamClosed => "upstream_closed",
+            RelayEnd::Error(_) => "io_error",
+            RelayEnd::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// Totals for the close log line.
+#[derive(Debug)]
+pub struct Outcome {
+    pub client_to_upstream: u64,
+    pub upstream_to_client: u64,
+    pub end: RelayEnd,
+}
+
+/// Relays until both sides are done (or one fails, or `stop` fires). Both sockets are closed
+/// when this returns, because it owns them.
+pub async fn relay(
+    client: Stream,
+    upstream: Stream,
+    metrics: &Metrics,
+    stop: &CancellationToken,
+) -> Outcome {
+    let (mut cr, mut cw) = tokio::io::split(client);
+    let (mut ur, mut uw) = tokio::io::split(upstream);
+    let mut c2u = 0u64;
+    let mut u2c = 0u64;
+    let mut scanner = VerdictScanner::default();
+    let mut verdict: Option<Verdict> = None;
+
+    let end = {
+        let up = pump(
+            &mut cr,
+            &mut uw,
+            &metrics.client_to_upstream,
+            &mut c2u,
+            |_| {},
+        );
+        let down = pump(
+            &mut ur,
+            &mut cw,
+            &metrics.upstream_to_client,
+            &mut u2c,
+            |bytes| {
+                if verdict.is_none() {
+                    verdict = scanner.feed(bytes);
+                    if let Some(v) = verdict {
+                        metrics.upstream_auth(match v {
+                            Verdict::Accepted => AuthResult::Accepted,
+                            Verdict::Rejected => AuthResult::Rejected,
+                        });
+                    }
+                }
+            },
+        );
+        tokio::pin!(up, down);
+        let mut up_done = false;
+        let mut down_done = false;
+        let grace = tokio::time::sleep(Duration::from_secs(86_400));
+        tokio::pin!(grace);
+        loop {
+            tokio::select! {
+                r = &mut up, if !up_done => match r {
+                    Err(e) => break RelayEnd::Error(e),
+                    Ok(()) if down_done => break RelayEnd::UpstreamClosed,
+                    Ok(()) => up_done = true,
+                },
+                r = &mut down, if !down_done => match r {
+                    Err(e) => break RelayEnd::Error(e),
+                    Ok(()) if up_done => break RelayEnd::ClientClosed,
+                    Ok(()) => {
+                        down_done = true;
+                        grace.as_mut().reset(tokio::time::Instant::now() + UPSTREAM_CLOSED_GRACE);
+                    }
+                },
+                _ = &mut grace, if down_done => break RelayEnd::UpstreamClosed,
+                _ = stop.cancelled() => break RelayEnd::Shutdown,
+            }
+        }
+    };
+    if verdict.is_none() {
+        metrics.upstream_auth(AuthResult::Unknown);
+    }
+    Outcome {
+        client_to_upstream: c2u,
+        upstream_to_client: u2c,
+        end,
+    }
+}
+
+/// Copies one direction until EOF, then propagates the half-close.
+async fn pump<R, W>(
+    r: &mut R,
+    w: &mut W,
+    counter: &Counter,
+    total: &mut u64,
+    mut observe: impl FnMut(&[u8]),
+) -> std::io::Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buf = vec![0u8; BUFFER_SIZE].into_boxed_slice();
+    loop {
+        let n = r.read(&mut buf).await?;
+        if n == 0 {
+            // Half-close: the peer may still have bytes to send the other way.
+            let _ = w.shutdown().await;
+            return Ok(());
+        }
+        observe(&buf[..n]);
+        w.write_all(&buf[..n]).await?;
+        // TLS streams buffer records until flushed; plain TCP flush is a no-op.
+        w.flush().await?;
+        counter.increment(n as u64);
+        *total += n as u64;
+    }
+}
