@@ -257,60 +257,183 @@ pub enum Verdict {
     Rejected,
 }
 
-/// Watches the start of the upstream-to-client stream for the verdict on CONNECT. It only
-/// observes bytes that are being forwarded anyway, so it never holds that direction back.
-#[derive(Debug, Default)]
-pub struct VerdictScanner {
-    /// Up to four bytes of the current line's start (ops are recognised by their first bytes).
-    head: [u8; 4],
-    head_len: usize,
-    /// Inside an INFO line, which says nothing about the verdict: skip to its end.
-    skipping_line: bool,
-    done: bool,
+/// The longest server control line followed (an INFO with a large cluster's `connect_urls`).
+/// Past it the stream is no longer interpreted, only forwarded.
+pub const MAX_SERVER_LINE: usize = 256 * 1024;
+
+/// Follows the upstream-to-client stream after CONNECT, op by op, so that:
+/// - every INFO nats-server sends later (after CONNECT, and whenever the cluster changes) gets
+///   the same rewrite as the first one, so `connect_urls` never leak past natsgate;
+/// - the first op that is not INFO gives the upstream's verdict on CONNECT.
+///
+/// Message payloads are skipped by their declared size, never scanned. Only an INFO line is
+/// ever held back (until its `\n`); everything else is forwarded as it arrives. If the stream
+/// stops looking like the NATS protocol, it is forwarded untouched from then on.
+#[derive(Debug)]
+pub struct ServerStream {
+    tls: TlsAdvert,
+    strip_connect_urls: bool,
+    /// Bytes of the current MSG/HMSG payload (plus its CRLF) still to pass through.
+    payload_left: usize,
+    /// The current control line, when it spans reads.
+    line: Vec<u8>,
+    /// A control line started in an earlier read and has not ended.
+    in_line: bool,
+    /// The current line is (or may be) an INFO, held back until complete.
+    holding: bool,
+    /// The stream is not understood: forward everything as is.
+    passthrough: bool,
+    verdict: Option<Verdict>,
 }
 
-impl VerdictScanner {
-    /// Feeds the next bytes; returns the verdict once, when it is known.
-    pub fn feed(&mut self, mut bytes: &[u8]) -> Option<Verdict> {
-        while !self.done && !bytes.is_empty() {
-            if self.skipping_line {
-                match memchr::memchr(b'\n', bytes) {
-                    Some(i) => {
-                        bytes = &bytes[i + 1..];
-                        self.skipping_line = false;
-                        self.head_len = 0;
-                    }
-                    None => return None,
-                }
-                continue;
-            }
-            let take = (4 - self.head_len).min(bytes.len());
-            self.head[self.head_len..self.head_len + take].copy_from_slice(&bytes[..take]);
-            self.head_len += take;
-            bytes = &bytes[take..];
-            let head = &self.head[..self.head_len];
-            let starts = |op: &[u8]| {
-                let n = head.len().min(op.len());
-                head[..n].eq_ignore_ascii_case(&op[..n])
-            };
-            if starts(b"INFO") {
-                if self.head_len == 4 {
-                    self.skipping_line = true;
-                }
-                continue;
-            }
-            if starts(b"-ERR") {
-                if self.head_len == 4 {
-                    self.done = true;
-                    return Some(Verdict::Rejected);
-                }
-                continue;
-            }
-            self.done = true;
-            return Some(Verdict::Accepted);
+impl ServerStream {
+    pub fn new(tls: TlsAdvert, strip_connect_urls: bool) -> ServerStream {
+        ServerStream {
+            tls,
+            strip_connect_urls,
+            payload_left: 0,
+            line: Vec::new(),
+            in_line: false,
+            holding: false,
+            passthrough: false,
+            verdict: None,
         }
-        None
     }
+
+    /// The verdict on CONNECT, once the first non-INFO op has been seen.
+    pub fn verdict(&self) -> Option<Verdict> {
+        self.verdict
+    }
+
+    /// Processes the next bytes from upstream. `None`: forward `chunk` as it is (the common
+    /// case); `Some(bytes)`: forward these instead (an INFO was rewritten or is being held).
+    pub fn feed(&mut self, chunk: &[u8]) -> Option<Vec<u8>> {
+        let mut out: Option<Vec<u8>> = None;
+        let mut pos = 0;
+        while pos < chunk.len() && !self.passthrough {
+            if self.payload_left > 0 {
+                let take = self.payload_left.min(chunk.len() - pos);
+                if let Some(o) = out.as_mut() {
+                    o.extend_from_slice(&chunk[pos..pos + take]);
+                }
+                pos += take;
+                self.payload_left -= take;
+                continue;
+            }
+            let start = pos;
+            let nl = memchr::memchr(b'\n', &chunk[pos..]).map(|i| pos + i);
+            let end = nl.map_or(chunk.len(), |i| i + 1);
+            let piece = &chunk[start..end];
+            let continuing = self.in_line;
+            // A line that ends inside this read and began in it needs no copy.
+            if continuing || nl.is_none() {
+                self.line.extend_from_slice(piece);
+            }
+            let line_so_far: &[u8] = if continuing || nl.is_none() {
+                &self.line
+            } else {
+                piece
+            };
+            if !continuing {
+                self.holding = false;
+            }
+            self.in_line = nl.is_none();
+            if line_so_far.len() > MAX_SERVER_LINE {
+                // Not a line natsgate can follow: release what was held and stop interpreting.
+                self.passthrough = true;
+                if self.holding {
+                    let o = out.get_or_insert_with(|| chunk[..start].to_vec());
+                    o.extend_from_slice(&self.line);
+                } else if let Some(o) = out.as_mut() {
+                    o.extend_from_slice(piece);
+                }
+                pos = end;
+                break;
+            }
+            if starts_like(line_so_far, b"INFO") {
+                self.holding = true;
+                out.get_or_insert_with(|| chunk[..start].to_vec());
+            } else {
+                if self.holding {
+                    // It looked like INFO but is not: release the earlier bytes.
+                    self.holding = false;
+                    let o = out.get_or_insert_with(|| chunk[..start].to_vec());
+                    o.extend_from_slice(&self.line[..self.line.len() - piece.len()]);
+                }
+                if let Some(o) = out.as_mut() {
+                    o.extend_from_slice(piece);
+                }
+            }
+            pos = end;
+            if nl.is_some() {
+                let line = if continuing {
+                    std::mem::take(&mut self.line)
+                } else {
+                    Vec::new()
+                };
+                let line_ref: &[u8] = if continuing { &line } else { piece };
+                self.finish_line(line_ref, &mut out);
+                if continuing {
+                    self.line = line;
+                    self.line.clear();
+                    if self.line.capacity() > 4096 {
+                        self.line.shrink_to(1024);
+                    }
+                }
+            }
+        }
+        if pos < chunk.len() {
+            if let Some(o) = out.as_mut() {
+                o.extend_from_slice(&chunk[pos..]);
+            }
+        }
+        out
+    }
+
+    fn finish_line(&mut self, line: &[u8], out: &mut Option<Vec<u8>>) {
+        let mut words = line
+            .split(|b| b.is_ascii_whitespace())
+            .filter(|w| !w.is_empty());
+        let op = words.next().unwrap_or_default().to_ascii_uppercase();
+        let mut verdict = Some(Verdict::Accepted);
+        match op.as_slice() {
+            b"INFO" => {
+                verdict = None;
+                let rewritten = match parse_info(line) {
+                    Ok(info) => rewrite_info(info, self.tls, self.strip_connect_urls),
+                    Err(_) => line.to_vec(),
+                };
+                out.get_or_insert_with(Vec::new)
+                    .extend_from_slice(&rewritten);
+                self.holding = false;
+            }
+            b"MSG" | b"HMSG" => {
+                let size = words
+                    .next_back()
+                    .and_then(|w| std::str::from_utf8(w).ok())
+                    .and_then(|w| w.parse::<usize>().ok());
+                match size {
+                    Some(n) => self.payload_left = n.saturating_add(2),
+                    None => self.passthrough = true,
+                }
+            }
+            b"PING" | b"PONG" | b"+OK" => {}
+            b"-ERR" => verdict = Some(Verdict::Rejected),
+            _ => {
+                self.passthrough = true;
+                verdict = None;
+            }
+        }
+        if self.verdict.is_none() {
+            self.verdict = verdict;
+        }
+    }
+}
+
+/// Whether `line` starts with `op` as far as both go, ignoring ASCII case.
+fn starts_like(line: &[u8], op: &[u8]) -> bool {
+    let n = line.len().min(op.len());
+    line[..n].eq_ignore_ascii_case(&op[..n])
 }
 
 /// PROXY protocol header (v1 text or v2 binary) announcing the client's address to upstream.
@@ -513,25 +636,73 @@ mod tests {
         ));
     }
 
+    fn follow(chunks: &[&[u8]]) -> (Vec<u8>, Option<Verdict>) {
+        let mut s = ServerStream::new(TlsAdvert::None, true);
+        let mut out = Vec::new();
+        for c in chunks {
+            match s.feed(c) {
+                Some(v) => out.extend_from_slice(&v),
+                None => out.extend_from_slice(c),
+            }
+        }
+        (out, s.verdict())
+    }
+
     #[test]
     fn verdicts() {
-        let v = |chunks: &[&[u8]]| {
-            let mut s = VerdictScanner::default();
-            chunks.iter().find_map(|c| s.feed(c))
-        };
-        assert_eq!(v(&[b"+OK\r\n"]), Some(Verdict::Accepted));
-        assert_eq!(v(&[b"PO", b"NG\r\n"]), Some(Verdict::Accepted));
+        assert_eq!(follow(&[b"+OK\r\n"]).1, Some(Verdict::Accepted));
+        assert_eq!(follow(&[b"PO", b"NG\r\n"]).1, Some(Verdict::Accepted));
         assert_eq!(
-            v(&[b"-E", b"R", b"R 'Authorization Violation'\r\n"]),
+            follow(&[b"-E", b"R", b"R 'Authorization Violation'\r\n"]).1,
             Some(Verdict::Rejected)
         );
         assert_eq!(
-            v(&[b"INFO {\"a\":", b"1} \r\n-ERR 'x'\r\n"]),
+            follow(&[b"INFO {\"a\":", b"1} \r\n-ERR 'x'\r\n"]).1,
             Some(Verdict::Rejected)
         );
-        assert_eq!(v(&[b"INFO {} \r\nPONG\r\n"]), Some(Verdict::Accepted));
-        assert_eq!(v(&[b"INF"]), None);
-        assert_eq!(v(&[b"-ER"]), None);
+        assert_eq!(
+            follow(&[b"INFO {} \r\nPONG\r\n"]).1,
+            Some(Verdict::Accepted)
+        );
+        assert_eq!(follow(&[b"INF"]).1, None);
+        assert_eq!(follow(&[b"-ER"]).1, None);
+    }
+
+    #[test]
+    fn later_info_is_rewritten_and_payloads_are_skipped() {
+        let info =
+            b"INFO {\"server_id\":\"S\",\"nonce\":\"n\",\"connect_urls\":[\"10.0.0.2:4222\"]} \r\n";
+        // A payload that looks like INFO must pass untouched.
+        let stream = [
+            &b"PONG\r\nMSG a 1 _INBOX.x 38\r\nINFO {\"connect_urls\":[\"1.2.3.4:1\"]} \r\n\r\n"[..],
+            info,
+            b"HMSG b 2 12 14\r\nNATS/1.0\r\n\r\nhi\r\nPING\r\n",
+        ]
+        .concat();
+        let expected = [
+            &b"PONG\r\nMSG a 1 _INBOX.x 38\r\nINFO {\"connect_urls\":[\"1.2.3.4:1\"]} \r\n\r\n"[..],
+            b"INFO {\"server_id\":\"S\",\"nonce\":\"n\"} \r\n",
+            b"HMSG b 2 12 14\r\nNATS/1.0\r\n\r\nhi\r\nPING\r\n",
+        ]
+        .concat();
+        // Every way of splitting the stream in two, and byte by byte.
+        for cut in 0..stream.len() {
+            let (out, v) = follow(&[&stream[..cut], &stream[cut..]]);
+            assert_eq!(
+                String::from_utf8_lossy(&out),
+                String::from_utf8_lossy(&expected),
+                "cut at {cut}"
+            );
+            assert_eq!(v, Some(Verdict::Accepted));
+        }
+        let bytes: Vec<&[u8]> = stream.chunks(1).collect();
+        assert_eq!(follow(&bytes).0, expected);
+    }
+
+    #[test]
+    fn unknown_protocol_is_forwarded_untouched() {
+        let stream = b"HELLO\r\nINFO {\"connect_urls\":[\"x\"]} \r\n";
+        assert_eq!(follow(&[stream]).0, stream.to_vec());
     }
 
     #[test]

@@ -8,7 +8,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::{AuthResult, Metrics};
-use crate::protocol::{Verdict, VerdictScanner};
+use crate::protocol::{ServerStream, Verdict};
 use crate::stream::Stream;
 
 /// Per-direction buffer. Large enough that bulk publishes move in few syscalls, small enough
@@ -53,6 +53,7 @@ pub struct Outcome {
 pub async fn relay(
     client: Stream,
     upstream: Stream,
+    mut server: ServerStream,
     metrics: &Metrics,
     stop: &CancellationToken,
 ) -> Outcome {
@@ -60,7 +61,6 @@ pub async fn relay(
     let (mut ur, mut uw) = tokio::io::split(upstream);
     let mut c2u = 0u64;
     let mut u2c = 0u64;
-    let mut scanner = VerdictScanner::default();
     let mut verdict: Option<Verdict> = None;
 
     let end = {
@@ -69,7 +69,7 @@ pub async fn relay(
             &mut uw,
             &metrics.client_to_upstream,
             &mut c2u,
-            |_| {},
+            |_| None,
         );
         let down = pump(
             &mut ur,
@@ -77,8 +77,9 @@ pub async fn relay(
             &metrics.upstream_to_client,
             &mut u2c,
             |bytes| {
+                let rewritten = server.feed(bytes);
                 if verdict.is_none() {
-                    verdict = scanner.feed(bytes);
+                    verdict = server.verdict();
                     if let Some(v) = verdict {
                         metrics.upstream_auth(match v {
                             Verdict::Accepted => AuthResult::Accepted,
@@ -86,6 +87,7 @@ pub async fn relay(
                         });
                     }
                 }
+                rewritten
             },
         );
         tokio::pin!(up, down);
@@ -123,13 +125,14 @@ pub async fn relay(
     }
 }
 
-/// Copies one direction until EOF, then propagates the half-close.
+/// Copies one direction until EOF, then propagates the half-close. `transform` may replace
+/// a chunk (INFO rewriting); byte counts are of what was read.
 async fn pump<R, W>(
     r: &mut R,
     w: &mut W,
     counter: &Counter,
     total: &mut u64,
-    mut observe: impl FnMut(&[u8]),
+    mut transform: impl FnMut(&[u8]) -> Option<Vec<u8>>,
 ) -> std::io::Result<()>
 where
     R: AsyncRead + Unpin,
@@ -143,8 +146,10 @@ where
             let _ = w.shutdown().await;
             return Ok(());
         }
-        observe(&buf[..n]);
-        w.write_all(&buf[..n]).await?;
+        match transform(&buf[..n]) {
+            None => w.write_all(&buf[..n]).await?,
+            Some(bytes) => w.write_all(&bytes).await?,
+        }
         // TLS streams buffer records until flushed; plain TCP flush is a no-op.
         w.flush().await?;
         counter.increment(n as u64);

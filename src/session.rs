@@ -63,6 +63,8 @@ struct Ready {
     /// Bytes already sent before the relay started (INFO down, CONNECT and pipeline up).
     info_len: usize,
     forwarded: usize,
+    /// What INFO lines tell the client about TLS (later INFOs get the same rewrite).
+    advert: TlsAdvert,
 }
 
 /// Serves one accepted connection to its end. Never panics on client or upstream input.
@@ -106,13 +108,18 @@ pub async fn serve(
                 .connect_wait
                 .record(accepted.elapsed().as_secs_f64());
             admission.established();
-            let outcome = relay::relay(
+            let server =
+                protocol::ServerStream::new(ready.advert, config.upstream.strip_connect_urls);
+            let mut outcome = relay::relay(
                 ready.client,
                 ready.upstream,
+                server,
                 &shared.metrics,
                 &shared.stop_all,
             )
             .await;
+            outcome.client_to_upstream += ready.forwarded as u64;
+            outcome.upstream_to_client += ready.info_len as u64;
             let id_fields = &ready.identity;
             tracing::info!(
                 conn = id,
@@ -276,8 +283,14 @@ async fn establish(
         _ => buf[..line.line_len].to_vec(),
     };
     forward.extend_from_slice(&buf[line.line_len..]);
-    shared.metrics.upstream_to_client.increment(info.len() as u64);
-    shared.metrics.client_to_upstream.increment(forward.len() as u64);
+    shared
+        .metrics
+        .upstream_to_client
+        .increment(info.len() as u64);
+    shared
+        .metrics
+        .client_to_upstream
+        .increment(forward.len() as u64);
     if let Err(e) = write_flush(&mut upstream_stream, &forward).await {
         return Err(Refusal::new(
             Reject::UpstreamUnavailable,
@@ -287,6 +300,7 @@ async fn establish(
     Ok(Ready {
         identity: line.client_identity(),
         info_len: info.len(),
+        advert,
         forwarded: forward.len(),
         client,
         upstream: upstream_stream,

@@ -28,12 +28,20 @@ async fn pubsub_with_a_1mib_payload_and_headers_and_request_reply() {
     let payload: Vec<u8> = (0..1024 * 1024).map(|i| (i % 251) as u8).collect();
     let mut headers = async_nats::HeaderMap::new();
     headers.insert("X-Trace", "abc-123");
-    a.publish_with_headers("big", headers, payload.clone().into()).await.unwrap();
+    a.publish_with_headers("big", headers, payload.clone().into())
+        .await
+        .unwrap();
     a.flush().await.unwrap();
-    let msg = tokio::time::timeout(Duration::from_secs(10), sub.next()).await.unwrap().unwrap();
+    let msg = tokio::time::timeout(Duration::from_secs(10), sub.next())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(msg.payload.len(), payload.len());
     assert!(msg.payload == payload, "payload intact");
-    assert_eq!(msg.headers.unwrap().get("X-Trace").unwrap().as_str(), "abc-123");
+    assert_eq!(
+        msg.headers.unwrap().get("X-Trace").unwrap().as_str(),
+        "abc-123"
+    );
 
     let mut svc = b.subscribe("svc").await.unwrap();
     let responder = b.clone();
@@ -61,12 +69,21 @@ async fn wrong_password_gets_the_servers_authorization_violation() {
         .await;
     // async-nats reports the server's -ERR as an authorization failure.
     let (mut s, _info) = raw_connect(proxy.addr).await;
-    s.write_all(connect_line(USER, "wrong").as_bytes()).await.unwrap();
+    s.write_all(connect_line(USER, "wrong").as_bytes())
+        .await
+        .unwrap();
     s.write_all(b"PING\r\n").await.unwrap();
     let got = read_to_close(&mut s, Duration::from_secs(5)).await;
-    assert_eq!(String::from_utf8_lossy(&got), "-ERR 'Authorization Violation'\r\n");
+    assert_eq!(
+        String::from_utf8_lossy(&got),
+        "-ERR 'Authorization Violation'\r\n"
+    );
     match err {
-        Err(e) => assert_eq!(e.kind(), async_nats::ConnectErrorKind::AuthorizationViolation, "{e}"),
+        Err(e) => assert_eq!(
+            e.kind(),
+            async_nats::ConnectErrorKind::AuthorizationViolation,
+            "{e}"
+        ),
         Ok(_) => panic!("a wrong password must not connect"),
     }
 }
@@ -75,7 +92,8 @@ async fn wrong_password_gets_the_servers_authorization_violation() {
 async fn silent_client_gets_info_then_authentication_timeout_at_the_window() {
     let nats = NatsServer::start("");
     // What nats-server itself says, for comparison.
-    let (_direct, direct_info) = raw_connect(format!("127.0.0.1:{}", nats.port).parse().unwrap()).await;
+    let (_direct, direct_info) =
+        raw_connect(format!("127.0.0.1:{}", nats.port).parse().unwrap()).await;
     let direct = info_json(&direct_info);
 
     let proxy = Proxy::start(&config_for(&[nats.url()], "0.5", "")).await;
@@ -87,7 +105,10 @@ async fn silent_client_gets_info_then_authentication_timeout_at_the_window() {
     assert!(info["nonce"].is_string() || direct.get("nonce").is_none());
     let rest = read_to_close(&mut s, Duration::from_secs(3)).await;
     let closed_after = started.elapsed();
-    assert_eq!(String::from_utf8_lossy(&rest), "-ERR 'Authentication Timeout'\r\n");
+    assert_eq!(
+        String::from_utf8_lossy(&rest),
+        "-ERR 'Authentication Timeout'\r\n"
+    );
     assert!(
         closed_after >= Duration::from_millis(500) && closed_after <= Duration::from_millis(750),
         "closed after {closed_after:?}"
@@ -109,12 +130,19 @@ async fn connect_urls_of_a_cluster_are_stripped_and_the_nonce_kept() {
     for _ in 0..100 {
         let (_s, line) = raw_connect(direct_addr).await;
         direct = info_json(&line);
-        if direct.get("connect_urls").and_then(|u| u.as_array()).is_some_and(|u| u.len() >= 2) {
+        if direct
+            .get("connect_urls")
+            .and_then(|u| u.as_array())
+            .is_some_and(|u| u.len() >= 2)
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(direct.get("connect_urls").is_some(), "the cluster formed: {direct}");
+    assert!(
+        direct.get("connect_urls").is_some(),
+        "the cluster formed: {direct}"
+    );
 
     let proxy = Proxy::start(&config_for(&[a.url()], "2", "")).await;
     let (_s, line) = raw_connect(proxy.addr).await;
@@ -122,6 +150,33 @@ async fn connect_urls_of_a_cluster_are_stripped_and_the_nonce_kept() {
     assert!(info.get("connect_urls").is_none(), "{info}");
     assert_eq!(info["server_id"], direct["server_id"]);
     assert_eq!(info["cluster"], direct["cluster"]);
+
+    // nats-server sends another INFO right after a protocol-1 CONNECT (and whenever the
+    // cluster changes); directly it carries connect_urls, through natsgate it must not.
+    let after_connect = |mut s: tokio::net::TcpStream| async move {
+        s.write_all(connect_line(USER, PASS).as_bytes()).await.unwrap();
+        s.write_all(b"PING\r\n").await.unwrap();
+        let got = read_to_close(&mut s, Duration::from_millis(500)).await;
+        let text = String::from_utf8(got).unwrap();
+        assert!(text.contains("PONG\r\n"), "{text}");
+        text.split_inclusive("\r\n")
+            .filter(|l| l.starts_with("INFO "))
+            .map(info_json)
+            .collect::<Vec<_>>()
+    };
+    let (direct_sock, _) = raw_connect(direct_addr).await;
+    let direct_later = after_connect(direct_sock).await;
+    assert!(
+        direct_later.iter().any(|i| i.get("connect_urls").is_some()),
+        "nats-server sends connect_urls after CONNECT: {direct_later:?}"
+    );
+    let (proxied_sock, _) = raw_connect(proxy.addr).await;
+    let proxied_later = after_connect(proxied_sock).await;
+    assert_eq!(proxied_later.len(), direct_later.len());
+    for info in &proxied_later {
+        assert!(info.get("connect_urls").is_none(), "{info}");
+        assert_eq!(info["server_id"], direct["server_id"]);
+    }
 
     let proxy = Proxy::start(&config_for(&[a.url()], "2", "strip_connect_urls = false\n")).await;
     let (_s, line) = raw_connect(proxy.addr).await;
@@ -140,7 +195,10 @@ async fn trickle(proxy: &Proxy, every: Duration) -> (String, Duration) {
     }
     let _ = s.write_all(b"PING\r\n").await;
     let got = read_to_close(&mut s, Duration::from_millis(1500)).await;
-    (String::from_utf8_lossy(&got).into_owned(), started.elapsed())
+    (
+        String::from_utf8_lossy(&got).into_owned(),
+        started.elapsed(),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -153,7 +211,10 @@ async fn trickled_connect_is_held_to_the_window() {
     let proxy = Proxy::start(&config_for(&[nats.url()], "1", "")).await;
     let started = Instant::now();
     let (got, _) = trickle(&proxy, every).await;
-    assert!(got.starts_with("-ERR 'Authentication Timeout'\r\n"), "{got:?}");
+    assert!(
+        got.starts_with("-ERR 'Authentication Timeout'\r\n"),
+        "{got:?}"
+    );
     let _ = started;
 
     // The same bytes inside a longer window are accepted.
@@ -212,27 +273,59 @@ async fn pipelined_connect_ping_sub_pub_ping_arrive_in_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_first_lines_get_their_error_and_never_reach_upstream() {
     let nats = NatsServer::start("trace: true\ndebug: true");
-    let toml = with_listener(&config_for(&[nats.url()], "2", ""), "max_control_line = 256");
+    let toml = with_listener(
+        &config_for(&[nats.url()], "2", ""),
+        "max_control_line = 256",
+    );
     let proxy = Proxy::start(&toml).await;
-    let long = format!("CONNECT {{\"name\":\"marker-long-{}\"}}\r\n", "x".repeat(300));
+    let long = format!(
+        "CONNECT {{\"name\":\"marker-long-{}\"}}\r\n",
+        "x".repeat(300)
+    );
     let cases: Vec<(Vec<u8>, &str)> = vec![
         (b"PING\r\n".to_vec(), "-ERR 'Authorization Violation'\r\n"),
-        (long.into_bytes(), "-ERR 'maximum control line exceeded'\r\n"),
-        (b"CONNECT marker-not-json\r\n".to_vec(), "-ERR 'Invalid CONNECT Arguments: not valid JSON"),
-        (b"CONNECT [\"marker-array\"]\r\n".to_vec(), "-ERR 'Invalid CONNECT Arguments: expected a JSON object, got an array'\r\n"),
+        (
+            long.into_bytes(),
+            "-ERR 'maximum control line exceeded'\r\n",
+        ),
+        (
+            b"CONNECT marker-not-json\r\n".to_vec(),
+            "-ERR 'Invalid CONNECT Arguments: not valid JSON",
+        ),
+        (
+            b"CONNECT [\"marker-array\"]\r\n".to_vec(),
+            "-ERR 'Invalid CONNECT Arguments: expected a JSON object, got an array'\r\n",
+        ),
     ];
     for (bytes, expect) in cases {
         let (mut s, _info) = raw_connect(proxy.addr).await;
         s.write_all(&bytes).await.unwrap();
-        let got = String::from_utf8_lossy(&read_to_close(&mut s, Duration::from_secs(3)).await).into_owned();
-        assert!(got.starts_with(expect), "sent {:?}: got {got:?}", String::from_utf8_lossy(&bytes));
-        assert!(got.ends_with("'\r\n") && got.matches("\r\n").count() == 1, "{got:?}");
+        let got = String::from_utf8_lossy(&read_to_close(&mut s, Duration::from_secs(3)).await)
+            .into_owned();
+        assert!(
+            got.starts_with(expect),
+            "sent {:?}: got {got:?}",
+            String::from_utf8_lossy(&bytes)
+        );
+        assert!(
+            got.ends_with("'\r\n") && got.matches("\r\n").count() == 1,
+            "{got:?}"
+        );
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     let log = nats.log();
-    assert!(log.contains("Client connection created"), "tracing works: {log}");
-    assert!(!log.contains("marker"), "upstream saw a refused client's bytes:\n{log}");
-    assert!(!log.contains("[PING]"), "upstream saw a refused client's PING:\n{log}");
+    assert!(
+        log.contains("Client connection created"),
+        "tracing works: {log}"
+    );
+    assert!(
+        !log.contains("marker"),
+        "upstream saw a refused client's bytes:\n{log}"
+    );
+    assert!(
+        !log.contains("[PING]"),
+        "upstream saw a refused client's PING:\n{log}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -250,7 +343,10 @@ async fn nkey_authentication_signs_the_relayed_nonce() {
         .expect("nkey client connects through natsgate");
     let mut sub = c.subscribe("nk").await.unwrap();
     c.publish("nk", "signed".into()).await.unwrap();
-    let m = tokio::time::timeout(Duration::from_secs(5), sub.next()).await.unwrap().unwrap();
+    let m = tokio::time::timeout(Duration::from_secs(5), sub.next())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(m.payload.as_ref(), b"signed");
 }
 
@@ -273,17 +369,36 @@ async fn all_upstreams_down_closes_the_client_without_info() {
     let started = Instant::now();
     let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
     let got = read_to_close(&mut s, Duration::from_secs(5)).await;
-    assert!(got.is_empty(), "no INFO: {:?}", String::from_utf8_lossy(&got));
+    assert!(
+        got.is_empty(),
+        "no INFO: {:?}",
+        String::from_utf8_lossy(&got)
+    );
     // connect_timeout = 1
-    assert!(started.elapsed() < Duration::from_millis(1500), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        started.elapsed()
+    );
     let m = proxy.metrics().await;
-    assert_eq!(metric(&m, "natsgate_connections_rejected_total", &[("reason", "upstream_unavailable")]), 1.0);
+    assert_eq!(
+        metric(
+            &m,
+            "natsgate_connections_rejected_total",
+            &[("reason", "upstream_unavailable")]
+        ),
+        1.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_clients_a_thousand_round_trips_each_leave_nothing_behind() {
     let nats = NatsServer::start("");
-    let proxy = Proxy::start(&with_listener(&config_for(&[nats.url()], "5", ""), "max_pending_per_ip = 256")).await;
+    let proxy = Proxy::start(&with_listener(
+        &config_for(&[nats.url()], "5", ""),
+        "max_pending_per_ip = 256",
+    ))
+    .await;
     let responder = client(&proxy).await;
     let mut svc = responder.queue_subscribe("echo", "q".into()).await.unwrap();
     let r2 = responder.clone();
@@ -306,7 +421,10 @@ async fn two_hundred_clients_a_thousand_round_trips_each_leave_nothing_behind() 
                 .expect("connect");
             for j in 0..1000u32 {
                 let body = format!("{i}-{j}");
-                let r = c.request("echo", body.clone().into()).await.expect("request");
+                let r = c
+                    .request("echo", body.clone().into())
+                    .await
+                    .expect("request");
                 assert_eq!(r.payload.as_ref(), body.as_bytes());
             }
             c.drain().await.ok();
@@ -327,6 +445,13 @@ async fn two_hundred_clients_a_thousand_round_trips_each_leave_nothing_behind() 
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(connz["num_connections"], 0, "nats-server still has connections from natsgate: {connz}");
-    assert!(eventually(Duration::from_secs(5), || proxy.handle.open_connections() == 0).await);
+    assert_eq!(
+        connz["num_connections"], 0,
+        "nats-server still has connections from natsgate: {connz}"
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || proxy.handle.open_connections()
+            == 0)
+        .await
+    );
 }

@@ -96,7 +96,11 @@ impl NatsServer {
         self.child = Some(child);
         let start = Instant::now();
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(start.elapsed() < Duration::from_secs(10), "nats-server did not start: {}", self.log());
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "nats-server did not start: {}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -124,7 +128,11 @@ impl NatsServer {
 
     /// GET a monitoring endpoint as JSON.
     pub async fn monitor(&self, path: &str) -> serde_json::Value {
-        let (_, body) = http_get(&format!("127.0.0.1:{}", self.monitor_port).parse().unwrap(), path).await;
+        let (_, body) = http_get(
+            &format!("127.0.0.1:{}", self.monitor_port).parse().unwrap(),
+            path,
+        )
+        .await;
         serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"))
     }
 }
@@ -269,7 +277,10 @@ pub async fn is_closed(s: &mut TcpStream, limit: Duration) -> bool {
 /// The JSON inside an `INFO {json} \r\n` line.
 pub fn info_json(line: &str) -> serde_json::Value {
     assert!(line.starts_with("INFO "), "not an INFO line: {line:?}");
-    assert!(line.ends_with(" \r\n"), "INFO must end with ' \\r\\n': {line:?}");
+    assert!(
+        line.ends_with(" \r\n"),
+        "INFO must end with ' \\r\\n': {line:?}"
+    );
     serde_json::from_str(line[5..].trim()).expect("INFO JSON")
 }
 
@@ -280,9 +291,11 @@ pub fn connect_line(user: &str, pass: &str) -> String {
 /// A tiny HTTP/1.1 GET for tests (the server side is a real HTTP library).
 pub async fn http_get(addr: &SocketAddr, path: &str) -> (u16, String) {
     let mut s = TcpStream::connect(addr).await.expect("connect admin");
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
     let raw = read_to_close(&mut s, Duration::from_secs(10)).await;
     let text = String::from_utf8_lossy(&raw).into_owned();
     let status = text
@@ -290,12 +303,18 @@ pub async fn http_get(addr: &SocketAddr, path: &str) -> (u16, String) {
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     (status, dechunk(&body, &text))
 }
 
 fn dechunk(body: &str, whole: &str) -> String {
-    if !whole.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    if !whole
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         return body.to_string();
     }
     let mut out = String::new();
@@ -321,7 +340,9 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
         }
         if labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)) {
             return match s.value {
-                prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v) => v,
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => v,
                 _ => panic!("{name} is not a scalar"),
             };
         }
@@ -349,7 +370,11 @@ pub fn write_file(dir: &Path, name: &str, text: &str) -> PathBuf {
 
 /// Adds a `[listener]` key to a configuration made by [`config_for`].
 pub fn with_listener(toml: &str, line: &str) -> String {
-    toml.replacen("bind = \"127.0.0.1:0\"\n", &format!("bind = \"127.0.0.1:0\"\n{line}\n"), 1)
+    toml.replacen(
+        "bind = \"127.0.0.1:0\"\n",
+        &format!("bind = \"127.0.0.1:0\"\n{line}\n"),
+        1,
+    )
 }
 
 /// Reads protocol lines, skipping INFO lines (nats-server sends an async INFO after CONNECT
