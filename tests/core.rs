@@ -154,7 +154,9 @@ async fn connect_urls_of_a_cluster_are_stripped_and_the_nonce_kept() {
     // nats-server sends another INFO right after a protocol-1 CONNECT (and whenever the
     // cluster changes); directly it carries connect_urls, through natsgate it must not.
     let after_connect = |mut s: tokio::net::TcpStream| async move {
-        s.write_all(connect_line(USER, PASS).as_bytes()).await.unwrap();
+        s.write_all(connect_line(USER, PASS).as_bytes())
+            .await
+            .unwrap();
         s.write_all(b"PING\r\n").await.unwrap();
         let got = read_to_close(&mut s, Duration::from_millis(500)).await;
         let text = String::from_utf8(got).unwrap();
