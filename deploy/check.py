@@ -521,30 +521,56 @@ GRAFANA_VARS = [
 HIST_SUFFIXES = ("_bucket", "_sum", "_count")
 
 
-def metric_names(expr: str) -> set[str]:
+# Labels Prometheus adds to every scraped series: a query may use them, natsgate never sets them.
+TARGET_LABELS = {"namespace", "pod", "job", "instance", "container", "service", "endpoint", "le"}
+
+
+def metric_usage(expr: str) -> dict:
+    """Metric names, label matchers and `by (...)` labels of one PromQL expression."""
     import promql_parser
 
     ast = promql_parser.parse(expr)  # raises on a syntax error
-    names = set()
+    use = {"names": set(), "matchers": set(), "by": []}
+
+    def selectors(n, acc):
+        if n is None or isinstance(n, (int, float, str)):
+            return
+        if type(n).__name__ == "VectorSelector":
+            acc.append(n)
+            return
+        for attr in ("expr", "lhs", "rhs", "param", "vector_selector"):
+            selectors(getattr(n, attr, None), acc)
+        for c in getattr(n, "args", None) or []:
+            selectors(c, acc)
 
     def walk(n):
         if n is None or isinstance(n, (int, float, str)):
             return
         t = type(n).__name__
         if t == "VectorSelector":
-            if n.name:
-                names.add(n.name)
+            name = n.name
             for m in getattr(n.matchers, "matchers", []) or []:
                 if m.name == "__name__":
-                    names.add(m.value)
+                    name = m.value
+            if name:
+                use["names"].add(name)
+                for m in getattr(n.matchers, "matchers", []) or []:
+                    if m.name != "__name__" and m.name not in TARGET_LABELS:
+                        use["matchers"].add((name, m.name, str(m.op).split(".")[-1], m.value))
             return
+        if t == "AggregateExpr" and n.modifier is not None and "by" in str(n.modifier).lower():
+            labels = [l for l in n.modifier.labels if l not in TARGET_LABELS]
+            if labels:
+                sels = []
+                selectors(n.expr, sels)
+                use["by"].append((tuple(labels), tuple(sorted({x.name for x in sels if x.name}))))
         for attr in ("expr", "lhs", "rhs", "param", "vector_selector"):
             walk(getattr(n, attr, None))
         for c in getattr(n, "args", None) or []:
             walk(c)
 
     walk(ast)
-    return names
+    return use
 
 
 def base_name(n: str) -> str:
@@ -595,38 +621,70 @@ def cmd_used_metrics(a) -> None:
     exprs = dashboard_exprs(a.source) if a.kind == "dashboard" else rule_exprs(a.source)
     if not exprs:
         fail(f"{a.source}: no queries found")
-    used = set()
+    names, matchers, by = set(), set(), []
     for e in exprs:
         sub = e
         for rx, val in GRAFANA_VARS:
             sub = rx.sub(val, sub)
         try:
-            names = metric_names(sub)
+            use = metric_usage(sub)
         except Exception as err:
             fail(f"{a.source}: PromQL does not parse: {e!r}: {err}")
-        used |= {base_name(n) for n in names}
-    if not any(n.startswith("natsgate_") for n in used):
+        names |= use["names"]
+        matchers |= use["matchers"]
+        by += use["by"]
+    if not any(n.startswith("natsgate_") for n in names):
         fail(f"{a.source}: uses no natsgate_ metric")
-    Path(a.out).write_text("\n".join(sorted(used)) + "\n")
-    print(f"{a.source}: {len(exprs)} queries parse; metrics: {', '.join(sorted(used))}")
+    Path(a.out).write_text(json.dumps({"source": a.source, "names": sorted(names),
+                                       "matchers": sorted(matchers), "by": by}, indent=1))
+    print(f"{a.source}: {len(exprs)} queries parse; metrics: {', '.join(sorted({base_name(n) for n in names}))}")
+
+
+def parse_scrape(text: str) -> dict[str, list[dict]]:
+    """family name -> label sets of its samples (histogram series under the family name)."""
+    fams: dict[str, list[dict]] = {}
+    for line in text.splitlines():
+        if line.startswith("# TYPE "):
+            fams.setdefault(line.split()[2], [])
+        elif line and not line.startswith("#"):
+            m = re.match(r'^([A-Za-z_:][A-Za-z0-9_:]*)(\{(.*)\})?\s', line)
+            if not m:
+                continue
+            labels = dict(re.findall(r'([A-Za-z_][A-Za-z0-9_]*)="((?:[^"\\]|\\.)*)"', m.group(3) or ""))
+            fams.setdefault(base_name(m.group(1)), []).append(labels)
+            fams.setdefault(m.group(1), []).append(labels)
+    return fams
 
 
 def cmd_compare_metrics(a) -> None:
-    exported = set()
-    for line in Path(a.scrape).read_text().splitlines():
-        if line.startswith("# TYPE "):
-            exported.add(line.split()[2])
-        elif line and not line.startswith("#"):
-            exported.add(base_name(re.split(r"[{ ]", line, maxsplit=1)[0]))
-    missing = []
+    fams = parse_scrape(Path(a.scrape).read_text())
+    exported = {n for n in fams if n.startswith("natsgate_") and not n.endswith(HIST_SUFFIXES)}
+    errs = []
     for f in a.used:
-        for n in Path(f).read_text().split():
-            if n.startswith("natsgate_") and n not in exported:
-                missing.append(f"{n} (used by {f})")
-    if missing:
-        print("natsgate exports: " + ", ".join(sorted(x for x in exported if x.startswith("natsgate_"))), file=sys.stderr)
-        fail("not exported by natsgate: " + "; ".join(missing))
-    print(f"all used metrics are exported ({len([x for x in exported if x.startswith('natsgate_')])} natsgate_ families)")
+        use = json.loads(Path(f).read_text())
+        src = use["source"]
+        for n in use["names"]:
+            if n.startswith("natsgate_") and n not in fams:
+                errs.append(f"{src}: metric {n} is not exported")
+        for metric, label, op, value in use["matchers"]:
+            if not metric.startswith("natsgate_") or metric not in fams:
+                continue
+            seen = {s.get(label) for s in fams[metric]} - {None}
+            if not seen:
+                errs.append(f"{src}: {metric} has no label {label!r} (it has: {sorted({k for s in fams[metric] for k in s})})")
+            elif op == "Equal" and value not in seen:
+                errs.append(f"{src}: {metric}{{{label}={value!r}}} matches nothing; exported values: {sorted(seen)}")
+        for labels, metrics in use["by"]:
+            ours = [m for m in metrics if m.startswith("natsgate_") and m in fams]
+            for label in labels:
+                if ours and not any(label in s for m in ours for s in fams[m]):
+                    errs.append(f"{src}: `by ({label})` over {ours}: no such label on them")
+    for e in errs:
+        print(e, file=sys.stderr)
+    if errs:
+        print("natsgate exports: " + ", ".join(sorted(exported)), file=sys.stderr)
+        fail(f"{len(errs)} problem(s)")
+    print(f"every metric, label and label value used is exported ({len({base_name(n) for n in exported})} natsgate_ families)")
 
 
 # --------------------------------------------------------------------------------------------

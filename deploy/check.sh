@@ -60,7 +60,11 @@ cleanup() {
     kill "$pid" 2>/dev/null || true
   done <"$PIDFILE"
   sleep 0.2
-  rm -rf "$WORK"
+  if [ -n "${KEEP_WORK:-}" ]; then
+    echo "work files kept in $WORK"
+  else
+    rm -rf "$WORK"
+  fi
 }
 trap cleanup EXIT
 
