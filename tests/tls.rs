@@ -1,0 +1,435 @@
+//! TLS at natsgate: classic NATS upgrade, TLS-first, auto-detection, optional TLS, mTLS,
+//! upstream TLS and certificate reloading, against a real nats-server.
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::pki::{Ca, Files};
+use common::*;
+use futures::StreamExt;
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+fn tls_section(server: &Files, mode: &str, extra: &str) -> String {
+    format!(
+        "[tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\nhandshake_first = {mode}\n{extra}\n",
+        server.cert.display(),
+        server.key.display()
+    )
+}
+
+/// A proxy config with a `[tls]` section; `[upstream]` must come last in `config_for`.
+fn tls_config(nats: &NatsServer, auth: &str, tls: &str) -> String {
+    format!("{tls}{}", config_for(&[nats.url()], auth, ""))
+}
+
+async fn exercise(client: &async_nats::Client) {
+    let mut sub = client.subscribe("t.echo").await.unwrap();
+    let responder = client.clone();
+    let task = tokio::spawn(async move {
+        while let Some(m) = sub.next().await {
+            if let Some(r) = m.reply {
+                let _ = responder.publish(r, m.payload).await;
+            }
+        }
+    });
+    client.flush().await.unwrap();
+    for i in 0..50u32 {
+        let body = format!("m{i}");
+        let r = client.request("t.echo", body.clone().into()).await.unwrap();
+        assert_eq!(r.payload.as_ref(), body.as_bytes());
+    }
+    task.abort();
+}
+
+fn opts(ca: &Ca) -> async_nats::ConnectOptions {
+    async_nats::ConnectOptions::with_user_and_password(USER.into(), PASS.into())
+        .tls_client_config(ca.client_config(None))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn classic_tls_first_and_auto_with_async_nats() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("natsgate test CA");
+    let server = ca.issue(&["127.0.0.1", "localhost"], dir.path(), "server");
+    let nats = NatsServer::start("");
+
+    // Classic: a plain nats:// URL; the client upgrades because INFO says tls_required.
+    let proxy = Proxy::start(&tls_config(&nats, "2", &tls_section(&server, "false", ""))).await;
+    let (_s, line) = raw_connect(proxy.addr).await;
+    assert_eq!(info_json(&line)["tls_required"], true);
+    let c = opts(&ca)
+        .connect(proxy.url())
+        .await
+        .expect("classic TLS client");
+    exercise(&c).await;
+
+    // TLS-first.
+    let proxy = Proxy::start(&tls_config(&nats, "2", &tls_section(&server, "true", ""))).await;
+    let c = opts(&ca)
+        .tls_first()
+        .connect(proxy.url())
+        .await
+        .expect("TLS-first client");
+    exercise(&c).await;
+
+    // Auto: both kinds on one port.
+    let proxy = Proxy::start(&tls_config(
+        &nats,
+        "2",
+        &tls_section(&server, "\"auto\"", ""),
+    ))
+    .await;
+    let classic = opts(&ca)
+        .connect(proxy.url())
+        .await
+        .expect("classic client on auto");
+    let first = opts(&ca)
+        .tls_first()
+        .connect(proxy.url())
+        .await
+        .expect("TLS-first client on auto");
+    exercise(&classic).await;
+    exercise(&first).await;
+    let m = proxy.metrics().await;
+    assert!(metric(&m, "natsgate_tls_handshake_seconds_count", &[]) >= 2.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn optional_tls_serves_plaintext_and_tls_clients_on_one_port() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("ca");
+    let server = ca.issue(&["127.0.0.1"], dir.path(), "server");
+    let nats = NatsServer::start("");
+    let proxy = Proxy::start(&tls_config(
+        &nats,
+        "2",
+        &tls_section(&server, "false", "required = false"),
+    ))
+    .await;
+    let (_s, line) = raw_connect(proxy.addr).await;
+    let info = info_json(&line);
+    assert_eq!(info["tls_available"], true);
+    assert!(info.get("tls_required").is_none());
+
+    let plain = async_nats::ConnectOptions::with_user_and_password(USER.into(), PASS.into())
+        .connect(proxy.url())
+        .await
+        .expect("plaintext client");
+    exercise(&plain).await;
+    let tls = opts(&ca)
+        .require_tls(true)
+        .connect(proxy.url())
+        .await
+        .expect("TLS client");
+    exercise(&tls).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plaintext_connect_where_tls_is_required_never_reaches_upstream() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("ca");
+    let server = ca.issue(&["127.0.0.1"], dir.path(), "server");
+    let nats = NatsServer::start("trace: true\ndebug: true");
+    let proxy = Proxy::start(&tls_config(&nats, "2", &tls_section(&server, "false", ""))).await;
+    let (mut s, _info) = raw_connect(proxy.addr).await;
+    s.write_all(
+        b"CONNECT {\"user\":\"alice\",\"pass\":\"wonderland\",\"name\":\"marker-plain\"}\r\nPING\r\n",
+    )
+    .await
+    .unwrap();
+    let got = read_to_close(&mut s, Duration::from_secs(3)).await;
+    assert_eq!(
+        String::from_utf8_lossy(&got),
+        "-ERR 'Secure Connection - TLS Required'\r\n"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let log = nats.log();
+    assert!(log.contains("Client connection created"), "{log}");
+    assert!(!log.contains("CONNECT"), "upstream saw a CONNECT:\n{log}");
+    assert!(!log.contains("marker-plain"), "{log}");
+    let m = proxy.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "natsgate_connections_rejected_total",
+            &[("reason", "tls_required")]
+        ),
+        1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_accepts_only_certificates_from_ca_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("ca");
+    let other = Ca::new("other ca");
+    let server = ca.issue(&["127.0.0.1"], dir.path(), "server");
+    let good = ca.issue(&["client"], dir.path(), "client");
+    let stranger = other.issue(&["client"], dir.path(), "stranger");
+    let ca_file = ca.write(dir.path(), "ca.pem");
+    let nats = NatsServer::start("");
+    let tls = tls_section(
+        &server,
+        "true",
+        &format!("ca_file = \"{}\"", ca_file.display()),
+    );
+    let proxy = Proxy::start(&tls_config(&nats, "2", &tls)).await;
+
+    let ok = async_nats::ConnectOptions::with_user_and_password(USER.into(), PASS.into())
+        .tls_client_config(ca.client_config(Some(&good)))
+        .tls_first()
+        .connect(proxy.url())
+        .await
+        .expect("client with a certificate from ca_file");
+    exercise(&ok).await;
+
+    for client in [None, Some(&stranger)] {
+        let cfg = ca.client_config(client);
+        let tcp = TcpStream::connect(proxy.addr).await.unwrap();
+        let r = TlsConnector::from(Arc::new(cfg))
+            .connect(ServerName::try_from("127.0.0.1").unwrap(), tcp)
+            .await;
+        // TLS 1.3 reports a client-certificate rejection on the first read.
+        let refused = match r {
+            Err(_) => true,
+            Ok(mut s) => {
+                let mut b = [0u8; 64];
+                !matches!(s.read(&mut b).await, Ok(n) if n > 0)
+            }
+        };
+        assert!(
+            refused,
+            "client {:?} must be refused",
+            client.map(|c| &c.cert)
+        );
+    }
+    let m = proxy.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "natsgate_connections_rejected_total",
+            &[("reason", "tls_handshake")]
+        ),
+        2.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn window_defaults_to_tls_timeout_plus_one_and_covers_a_stalled_handshake() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("ca");
+    let server = ca.issue(&["127.0.0.1"], dir.path(), "server");
+    let nats = NatsServer::start("authorization { user: x, password: y, timeout: 10 }");
+    let tls = tls_section(&server, "false", "timeout = 1");
+    let proxy = Proxy::start(&tls_config(&nats, "0", &tls)).await;
+
+    // A silent client: INFO, then the timeout error at 2 s (tls.timeout 1 + 1).
+    let started = Instant::now();
+    let (mut s, _info) = raw_connect(proxy.addr).await;
+    let got = read_to_close(&mut s, Duration::from_secs(5)).await;
+    let at = started.elapsed();
+    assert_eq!(
+        String::from_utf8_lossy(&got),
+        "-ERR 'Authentication Timeout'\r\n"
+    );
+    assert!(
+        at >= Duration::from_millis(2000) && at < Duration::from_millis(2500),
+        "{at:?}"
+    );
+
+    // A TLS record header, then nothing: dropped without a reply, no later than the window.
+    let started = Instant::now();
+    let (mut s, _info) = raw_connect(proxy.addr).await;
+    s.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00]).await.unwrap();
+    let got = read_to_close(&mut s, Duration::from_secs(5)).await;
+    let at = started.elapsed();
+    assert!(got.is_empty(), "{got:?}");
+    assert!(
+        at >= Duration::from_millis(900) && at < Duration::from_millis(2500),
+        "{at:?}"
+    );
+}
+
+/// nats-server with its own TLS, in both upgrade styles, behind natsgate's `[upstream.tls]`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_tls_classic_and_handshake_first_and_a_wrong_name_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("upstream ca");
+    let up = ca.issue(&["nats.internal"], dir.path(), "upstream");
+    let gate_client = ca.issue(&["natsgate"], dir.path(), "gate-client");
+    let ca_file = ca.write(dir.path(), "ca.pem");
+    let tls_block = |first: bool, verify: bool| {
+        format!(
+            "tls {{ cert_file: \"{}\", key_file: \"{}\", ca_file: \"{}\", verify: {verify}, handshake_first: {first}, timeout: 2 }}",
+            up.cert.display(),
+            up.key.display(),
+            ca_file.display()
+        )
+    };
+    for (first, verify) in [(false, false), (true, false), (false, true)] {
+        let nats = NatsServer::start(&tls_block(first, verify));
+        let client_cert = if verify {
+            format!(
+                "cert_file = \"{}\"\nkey_file = \"{}\"\n",
+                gate_client.cert.display(),
+                gate_client.key.display()
+            )
+        } else {
+            String::new()
+        };
+        let upstream_tls = format!(
+            "[upstream.tls]\nca_file = \"{}\"\nserver_name = \"nats.internal\"\nhandshake_first = {first}\n{client_cert}",
+            ca_file.display()
+        );
+        let proxy = Proxy::start(&config_for(&[nats.url()], "2", &upstream_tls)).await;
+        // The client side is plaintext: INFO must not claim TLS.
+        let (_s, line) = raw_connect(proxy.addr).await;
+        assert!(info_json(&line).get("tls_required").is_none(), "{line}");
+        let c = async_nats::ConnectOptions::with_user_and_password(USER.into(), PASS.into())
+            .connect(proxy.url())
+            .await
+            .unwrap_or_else(|e| panic!("first={first} verify={verify}: {e}"));
+        exercise(&c).await;
+
+        // The same upstream checked against the wrong name is refused.
+        let wrong = upstream_tls.replace("nats.internal", "someone.else");
+        let proxy = Proxy::start(&config_for(&[nats.url()], "2", &wrong)).await;
+        let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+        let got = read_to_close(&mut s, Duration::from_secs(4)).await;
+        assert!(
+            got.is_empty(),
+            "no INFO from an unverified upstream: {:?}",
+            String::from_utf8_lossy(&got)
+        );
+        let m = proxy.metrics().await;
+        assert!(
+            metric(
+                &m,
+                "natsgate_upstream_errors_total",
+                &[("server", &nats.url())]
+            ) >= 1.0
+        );
+    }
+}
+
+/// Kubernetes-style Secret volume: files are symlinks through `..data`, which is swapped.
+fn secret_dir_write(root: &Path, version: &str, ca: &Ca, names: &[&str]) {
+    let v = root.join(version);
+    std::fs::create_dir_all(&v).unwrap();
+    let f = ca.issue(names, &v, "tmp");
+    std::fs::rename(&f.cert, v.join("tls.crt")).unwrap();
+    std::fs::rename(&f.key, v.join("tls.key")).unwrap();
+    let tmp = root.join("..data_tmp");
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(version, &tmp).unwrap();
+    std::fs::rename(&tmp, root.join("..data")).unwrap();
+    for f in ["tls.crt", "tls.key"] {
+        let link = root.join(f);
+        if std::fs::symlink_metadata(&link).is_err() {
+            std::os::unix::fs::symlink(format!("..data/{f}"), &link).unwrap();
+        }
+    }
+}
+
+async fn served_cert_cn(addr: std::net::SocketAddr, ca: &Ca) -> String {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let s = TlsConnector::from(Arc::new(ca.client_config(None)))
+        .connect(ServerName::try_from("127.0.0.1").unwrap(), tcp)
+        .await
+        .expect("handshake");
+    let der = s.get_ref().1.peer_certificates().unwrap()[0].clone();
+    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).unwrap();
+    let cn = cert
+        .subject()
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    cn
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificate_reload_after_a_secret_symlink_swap_keeps_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::create_dir_all(&secret).unwrap();
+    let ca = Ca::new("ca");
+    // CN is the first name; IP SAN for verification.
+    secret_dir_write(&secret, "..v1", &ca, &["first.example", "127.0.0.1"]);
+    let nats = NatsServer::start("");
+    let tls = format!(
+        "[tls]\ncert_file = \"{0}/tls.crt\"\nkey_file = \"{0}/tls.key\"\nhandshake_first = true\n",
+        secret.display()
+    );
+    let proxy = Proxy::start(&tls_config(&nats, "2", &tls)).await;
+    assert_eq!(served_cert_cn(proxy.addr, &ca).await, "first.example");
+    let before = opts(&ca).tls_first().connect(proxy.url()).await.unwrap();
+    exercise(&before).await;
+
+    secret_dir_write(&secret, "..v2", &ca, &["second.example", "127.0.0.1"]);
+    let started = Instant::now();
+    let mut cn = String::new();
+    while started.elapsed() < Duration::from_secs(15) {
+        cn = served_cert_cn(proxy.addr, &ca).await;
+        if cn == "second.example" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(cn, "second.example", "new certificate served within 15 s");
+    exercise(&before).await;
+
+    // A mismatched pair (key from another certificate) must not replace the good one.
+    let v3 = secret.join("..v3");
+    std::fs::create_dir_all(&v3).unwrap();
+    let a = ca.issue(&["third.example", "127.0.0.1"], &v3, "a");
+    let b = ca.issue(&["other.example"], &v3, "b");
+    std::fs::rename(&a.cert, v3.join("tls.crt")).unwrap();
+    std::fs::rename(&b.key, v3.join("tls.key")).unwrap();
+    let tmp = secret.join("..data_tmp");
+    std::os::unix::fs::symlink("..v3", &tmp).unwrap();
+    std::fs::rename(&tmp, secret.join("..data")).unwrap();
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    assert_eq!(served_cert_cn(proxy.addr, &ca).await, "second.example");
+    exercise(&before).await;
+}
+
+#[test]
+fn certificate_errors_name_the_file_and_the_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("ca");
+    let a = ca.issue(&["a.example"], dir.path(), "a");
+    let b = ca.issue(&["b.example"], dir.path(), "b");
+    let not_pem = write_file(dir.path(), "notes.txt", "hello\n");
+    let missing = dir.path().join("missing.pem");
+    let cases = [
+        (&missing, &a.key, "missing.pem: cannot read"),
+        (&not_pem, &a.key, "notes.txt: no CERTIFICATE block found"),
+        (&a.cert, &not_pem, "notes.txt: no usable private key"),
+        (
+            &a.cert,
+            &b.key,
+            "b-key.pem: does not match the certificate in",
+        ),
+    ];
+    for (cert, key, expect) in cases {
+        let toml = format!(
+            "[tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n[upstream]\nservers = [\"nats://127.0.0.1:4222\"]\n",
+            cert.display(),
+            key.display()
+        );
+        let config = natsgate::config::Config::parse(&toml, &dir.path().join("p.toml")).unwrap();
+        let err = natsgate::Gateway::new(config)
+            .err()
+            .expect("must fail")
+            .to_string();
+        assert!(err.contains(expect), "expected {expect:?} in {err:?}");
+    }
+}
