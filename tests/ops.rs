@@ -93,7 +93,11 @@ async fn each_counter_moves_for_its_cause_only() {
     drop(s);
     let mut pending = -1.0;
     for _ in 0..50 {
-        pending = metric(&proxy.metrics().await, "natsgate_connections_active", &[("phase", "pending")]);
+        pending = metric(
+            &proxy.metrics().await,
+            "natsgate_connections_active",
+            &[("phase", "pending")],
+        );
         if pending == 0.0 {
             break;
         }
@@ -312,8 +316,7 @@ async fn trusted_proxy_signature_lets_proxy_required_users_in_only_through_natsg
     let direct = format!("nats://127.0.0.1:{}", nats.port);
     let err = client(&direct, "app", "pw")
         .await
-        .err()
-        .expect("direct connection must be refused");
+        .expect_err("direct connection must be refused");
     assert_eq!(
         err.kind(),
         async_nats::ConnectErrorKind::AuthorizationViolation,
@@ -353,8 +356,7 @@ async fn trusted_proxy_signature_lets_proxy_required_users_in_only_through_natsg
     .await;
     let err = client(&other.url(), "app", "pw")
         .await
-        .err()
-        .expect("untrusted proxy key must be refused");
+        .expect_err("untrusted proxy key must be refused");
     assert_eq!(
         err.kind(),
         async_nats::ConnectErrorKind::AuthorizationViolation,
