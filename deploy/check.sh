@@ -322,6 +322,10 @@ dockerfile_build() {
       esac
     fi
   done <"$WORK/dockerfile-build-cmds"
+  if [ "${CHECK_DOCKER_BUILD:-0}" = 1 ]; then
+    # What the runtime stage copies (COPY --from=build /src/target/release/natsgate).
+    target/release/natsgate --version
+  fi
 }
 
 # The live part: a real nats-server, natsgate (TLS) in front, traffic, scrape. Checks run in
