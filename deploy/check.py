@@ -160,8 +160,7 @@ def check_natsgate_container(c: dict, where: str, sidecar: bool) -> list[str]:
         if "subPath" in m or "subPathExpr" in m:
             errs.append(f"{where}: volumeMount {m['name']} uses subPath (Secret/ConfigMap updates never arrive)")
     sc = c.get("securityContext") or {}
-    if sc.get("runAsNonRoot") is not True and not sidecar:
-        pass  # pod-level securityContext may carry it; checked by the caller
+    # runAsNonRoot may sit at pod level instead; the caller checks that.
     if sc.get("allowPrivilegeEscalation") is not False:
         errs.append(f"{where}: allowPrivilegeEscalation must be false")
     if sidecar and c.get("restartPolicy") != "Always":
