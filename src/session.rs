@@ -141,7 +141,9 @@ pub async fn serve(
     }
 }
 
-/// The pending phase: everything inside the authorization window.
+/// The pending phase: everything inside the authorization window. The TLS handshake and the
+/// upstream dial are boxed: their states are large and short-lived, and a pending connection
+/// should cost only what it holds while it waits for CONNECT.
 async fn establish(
     shared: &Shared,
     config: &Config,
@@ -171,7 +173,7 @@ async fn establish(
     }
 
     // 2. Upstream.
-    let dial = shared.upstreams.dial(deadline, Some((peer, local))).await;
+    let dial = Box::pin(shared.upstreams.dial(deadline, Some((peer, local)))).await;
     let upstream = match dial {
         Ok(u) => u,
         Err(crate::upstream::DialError::Deadline) => {
@@ -322,7 +324,7 @@ async fn handshake(
     };
     let started = Instant::now();
     let limit = deadline.min(tokio::time::Instant::now() + t.timeout);
-    match timeout_at(limit, t.acceptor.accept(tcp)).await {
+    match timeout_at(limit, Box::pin(t.acceptor.accept(tcp))).await {
         Ok(Ok(s)) => {
             shared
                 .metrics

@@ -144,12 +144,14 @@ impl Upstreams {
                 Err(_) if limit == deadline => return Err(DialError::Deadline),
                 Err(_) => last_err = format!("{server}: no INFO within {:?}", self.connect_timeout),
             }
-            tracing::warn!(server = %server, error = %last_err, "upstream dial failed");
             self.metrics.upstream_error(i);
-            self.down_until[i].store(
-                self.now_ms() + DOWN_BACKOFF.as_millis() as u64,
-                Ordering::Relaxed,
-            );
+            // Warn when a server goes down, not on every attempt while it stays down.
+            let until = self.now_ms() + DOWN_BACKOFF.as_millis() as u64;
+            if self.down_until[i].swap(until, Ordering::Relaxed) == 0 {
+                tracing::warn!(server = %server, error = %last_err, "upstream dial failed");
+            } else {
+                tracing::debug!(server = %server, error = %last_err, "upstream dial failed again");
+            }
         }
         Err(DialError::Unavailable(last_err))
     }

@@ -53,6 +53,7 @@ async fn pubsub_with_a_1mib_payload_and_headers_and_request_reply() {
         }
     });
     b.flush().await.unwrap();
+    wait_for_responder(&a, "svc").await;
     for i in 0..1000u32 {
         let body = i.to_be_bytes().to_vec();
         let r = a.request("svc", body.clone().into()).await.unwrap();
@@ -412,6 +413,7 @@ async fn two_hundred_clients_a_thousand_round_trips_each_leave_nothing_behind() 
         }
     });
     responder.flush().await.unwrap();
+    wait_for_responder(&responder, "echo").await;
     let mut tasks = Vec::new();
     for i in 0..200u32 {
         let url = proxy.url();

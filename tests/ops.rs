@@ -448,10 +448,7 @@ async fn sigterm_stops_accepting_drains_established_then_exits_zero() {
     let requester = client(&format!("nats://{}", gate.addr), USER, PASS)
         .await
         .unwrap();
-    requester
-        .request("drain.echo", "before".into())
-        .await
-        .unwrap();
+    wait_for_responder(&requester, "drain.echo").await;
 
     gate.signal("TERM");
     let signalled = Instant::now();

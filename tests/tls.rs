@@ -409,6 +409,7 @@ fn certificate_errors_name_the_file_and_the_problem() {
     let b = ca.issue(&["b.example"], dir.path(), "b");
     let not_pem = write_file(dir.path(), "notes.txt", "hello\n");
     let missing = dir.path().join("missing.pem");
+    let old = ca.issue_with(&["old.example"], dir.path(), "old", true);
     let cases = [
         (&missing, &a.key, "missing.pem: cannot read"),
         (&not_pem, &a.key, "notes.txt: no CERTIFICATE block found"),
@@ -418,6 +419,7 @@ fn certificate_errors_name_the_file_and_the_problem() {
             &b.key,
             "b-key.pem: does not match the certificate in",
         ),
+        (&old.cert, &old.key, "old.pem: the certificate has expired"),
     ];
     for (cert, key, expect) in cases {
         let toml = format!(

@@ -389,3 +389,18 @@ pub async fn read_op(s: &mut TcpStream) -> String {
         }
     }
 }
+
+/// async-nats' `flush` does not wait for the server to process a SUB, so a requester on
+/// another connection can race it. Ask until the responder answers.
+pub async fn wait_for_responder(requester: &async_nats::Client, subject: &str) {
+    for _ in 0..100 {
+        match requester.request(subject.to_string(), "ping".into()).await {
+            Ok(_) => return,
+            Err(e) if e.kind() == async_nats::RequestErrorKind::NoResponders => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("request to {subject}: {e}"),
+        }
+    }
+    panic!("no responder on {subject}");
+}

@@ -42,12 +42,21 @@ impl Ca {
 
     /// Issues a certificate for `names` (DNS names or IP addresses) and writes cert and key.
     pub fn issue(&self, names: &[&str], dir: &Path, stem: &str) -> Files {
+        self.issue_with(names, dir, stem, false)
+    }
+
+    /// Like [`Ca::issue`]; `expired` makes a certificate whose validity ended in 2020.
+    pub fn issue_with(&self, names: &[&str], dir: &Path, stem: &str, expired: bool) -> Files {
         let mut params =
             CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
                 .unwrap();
         params
             .distinguished_name
             .push(DnType::CommonName, names.first().copied().unwrap_or(stem));
+        if expired {
+            params.not_before = rcgen::date_time_ymd(2019, 1, 1);
+            params.not_after = rcgen::date_time_ymd(2020, 1, 1);
+        }
         let key = KeyPair::generate().unwrap();
         let cert = params.signed_by(&key, &self.issuer).unwrap();
         let files = Files {
