@@ -293,11 +293,23 @@ async fn establish(
         .metrics
         .client_to_upstream
         .increment(forward.len() as u64);
-    if let Err(e) = write_flush(&mut upstream_stream, &forward).await {
-        return Err(Refusal::new(
-            Reject::UpstreamUnavailable,
-            format!("upstream closed before CONNECT: {e}"),
-        ));
+    // A few KiB into a fresh socket; the bound only guards against an upstream that stopped
+    // reading, so the connection cannot sit in the pending phase forever.
+    let limit = config.upstream.connect_timeout;
+    match tokio::time::timeout(limit, write_flush(&mut upstream_stream, &forward)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            return Err(Refusal::new(
+                Reject::UpstreamUnavailable,
+                format!("upstream closed before CONNECT: {e}"),
+            ))
+        }
+        Err(_) => {
+            return Err(Refusal::new(
+                Reject::UpstreamUnavailable,
+                "upstream did not accept the CONNECT",
+            ))
+        }
     }
     Ok(Ready {
         identity: line.client_identity(),
