@@ -43,16 +43,7 @@ async fn pubsub_with_a_1mib_payload_and_headers_and_request_reply() {
         "abc-123"
     );
 
-    let mut svc = b.subscribe("svc").await.unwrap();
-    let responder = b.clone();
-    tokio::spawn(async move {
-        while let Some(m) = svc.next().await {
-            if let Some(reply) = m.reply {
-                let _ = responder.publish(reply, m.payload).await;
-            }
-        }
-    });
-    b.flush().await.unwrap();
+    let _echo = spawn_echo(&b, "svc").await;
     wait_for_responder(&a, "svc").await;
     for i in 0..1000u32 {
         let body = i.to_be_bytes().to_vec();
@@ -403,16 +394,7 @@ async fn two_hundred_clients_a_thousand_round_trips_each_leave_nothing_behind() 
     ))
     .await;
     let responder = client(&proxy).await;
-    let mut svc = responder.queue_subscribe("echo", "q".into()).await.unwrap();
-    let r2 = responder.clone();
-    let echo = tokio::spawn(async move {
-        while let Some(m) = svc.next().await {
-            if let Some(reply) = m.reply {
-                let _ = r2.publish(reply, m.payload).await;
-            }
-        }
-    });
-    responder.flush().await.unwrap();
+    let echo = spawn_echo(&responder, "echo").await;
     wait_for_responder(&responder, "echo").await;
     let mut tasks = Vec::new();
     for i in 0..200u32 {

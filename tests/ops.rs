@@ -435,16 +435,7 @@ async fn sigterm_stops_accepting_drains_established_then_exits_zero() {
     let mut gate = Binary::start(&nats, "[shutdown]\ndrain_timeout = 4\n");
     // The responder talks to nats-server directly; the requester goes through natsgate.
     let responder = client(&nats.url(), USER, PASS).await.unwrap();
-    let mut svc = responder.subscribe("drain.echo").await.unwrap();
-    let r2 = responder.clone();
-    let echo = tokio::spawn(async move {
-        while let Some(m) = svc.next().await {
-            if let Some(reply) = m.reply {
-                let _ = r2.publish(reply, m.payload).await;
-            }
-        }
-    });
-    responder.flush().await.unwrap();
+    let echo = spawn_echo(&responder, "drain.echo").await;
     let requester = client(&format!("nats://{}", gate.addr), USER, PASS)
         .await
         .unwrap();

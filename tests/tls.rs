@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use common::pki::{Ca, Files};
 use common::*;
-use futures::StreamExt;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -29,16 +28,7 @@ fn tls_config(nats: &NatsServer, auth: &str, tls: &str) -> String {
 }
 
 async fn exercise(client: &async_nats::Client) {
-    let mut sub = client.subscribe("t.echo").await.unwrap();
-    let responder = client.clone();
-    let task = tokio::spawn(async move {
-        while let Some(m) = sub.next().await {
-            if let Some(r) = m.reply {
-                let _ = responder.publish(r, m.payload).await;
-            }
-        }
-    });
-    client.flush().await.unwrap();
+    let task = spawn_echo(client, "t.echo").await;
     for i in 0..50u32 {
         let body = format!("m{i}");
         let r = client.request("t.echo", body.clone().into()).await.unwrap();

@@ -404,3 +404,24 @@ pub async fn wait_for_responder(requester: &async_nats::Client, subject: &str) {
     }
     panic!("no responder on {subject}");
 }
+
+/// Answers every request on `subject` with its own payload, until the handle is aborted.
+/// A plain subscription: a stale responder that is still unsubscribing can never swallow a
+/// request, as it could in a queue group.
+pub async fn spawn_echo(client: &async_nats::Client, subject: &str) -> tokio::task::JoinHandle<()> {
+    use futures::StreamExt;
+    let mut sub = client
+        .subscribe(subject.to_string())
+        .await
+        .expect("subscribe");
+    let responder = client.clone();
+    let task = tokio::spawn(async move {
+        while let Some(m) = sub.next().await {
+            if let Some(reply) = m.reply {
+                let _ = responder.publish(reply, m.payload).await;
+            }
+        }
+    });
+    client.flush().await.expect("flush");
+    task
+}
