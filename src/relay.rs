@@ -19,6 +19,12 @@ pub const BUFFER_SIZE: usize = 32 * 1024;
 /// closes it (nats-server never half-closes on purpose; this bounds a client that ignores FIN).
 const UPSTREAM_CLOSED_GRACE: Duration = Duration::from_secs(5);
 
+/// A peer that accepts no bytes for this long is gone: the connection is closed. nats-server
+/// gives its own writes 10 s (`write_deadline`) before it declares a slow consumer and closes
+/// upstream; without this limit a client that never reads would keep its natsgate connection
+/// after upstream has given up on it.
+pub const WRITE_STALL_LIMIT: Duration = Duration::from_secs(30);
+
 /// How the relay ended.
 #[derive(Debug)]
 pub enum RelayEnd {
@@ -146,12 +152,23 @@ where
             let _ = w.shutdown().await;
             return Ok(());
         }
-        match transform(&buf[..n]) {
-            None => w.write_all(&buf[..n]).await?,
-            Some(bytes) => w.write_all(&bytes).await?,
+        let rewritten = transform(&buf[..n]);
+        let out = rewritten.as_deref().unwrap_or(&buf[..n]);
+        // TLS streams buffer records until flushed; plain TCP flush is a no-op. The timer
+        // is only armed when the write does not complete at once (Timeout polls it first).
+        let write = async {
+            w.write_all(out).await?;
+            w.flush().await
+        };
+        match tokio::time::timeout(WRITE_STALL_LIMIT, write).await {
+            Ok(r) => r?,
+            Err(_) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "peer stopped reading",
+                ))
+            }
         }
-        // TLS streams buffer records until flushed; plain TCP flush is a no-op.
-        w.flush().await?;
         counter.increment(n as u64);
         *total += n as u64;
     }
