@@ -44,7 +44,7 @@ fn json_value() -> impl Strategy<Value = Value> {
     let leaf = prop_oneof![
         Just(Value::Null),
         any::<bool>().prop_map(Value::Bool),
-        any::<i64>().prop_map(|n| Value::from(n)),
+        any::<i64>().prop_map(Value::from),
         json_text().prop_map(Value::String),
     ];
     leaf.prop_recursive(3, 24, 4, |inner| {
@@ -192,7 +192,8 @@ proptest! {
         prop_assert_eq!(&parsed, &m);
 
         let out = rewrite_info(parsed, advert, strip);
-        prop_assert!(out.starts_with(b"INFO {") && out.ends_with(b"} \r\n"));
+        let framed = out.starts_with(b"INFO {") && out.ends_with(b"} \r\n");
+        prop_assert!(framed);
         prop_assert_eq!(out.iter().filter(|&&b| b == b'\n').count(), 1);
         let json: Value = serde_json::from_slice(&out[5..out.len() - 3]).expect("valid JSON");
         let obj = json.as_object().expect("an object");
