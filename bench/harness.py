@@ -1,0 +1,299 @@
+#!/usr/bin/env python3
+"""natsgate benchmark harness: direct nats-server vs natsgate vs HAProxy, interleaved.
+
+Run through bench/run.sh (which builds the binaries and generates throw-away certificates).
+Every measurement starts its own fresh processes (nats-server, and natsgate or HAProxy),
+runs one loadgen scenario against them and stops them. Within each round the targets of a
+scenario run in a rotating order; ratios are taken against direct from the same round, and
+the table shows medians with min-max over the rounds.
+
+Environment: ROUNDS (default 5), QUICK=1 (smaller counts), ONLY=<comma list of row ids>,
+BENCH_OUT (directory for logs and raw results; default a temp dir), NATS_SERVER (binary),
+NATSGATE (binary), LOADGEN (binary), CERTS (directory with ca.pem, server.pem, server-key.pem,
+server-combined.pem).
+"""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROUNDS = int(os.environ.get("ROUNDS", "5"))
+QUICK = os.environ.get("QUICK", "") not in ("", "0")
+ONLY = [x for x in os.environ.get("ONLY", "").split(",") if x]
+OUT = os.environ.get("BENCH_OUT") or tempfile.mkdtemp(prefix="natsgate-bench-")
+NATS = os.environ.get("NATS_SERVER") or shutil.which("nats-server")
+NATSGATE = os.environ.get("NATSGATE", os.path.join(ROOT, "target/release/natsgate"))
+LOADGEN = os.environ.get("LOADGEN", os.path.join(ROOT, "target/release/examples/loadgen"))
+CERTS = os.environ["CERTS"]
+HAPROXY = shutil.which("haproxy")
+USER, PASS = "bench", "bench-pass"
+FLOOD_WINDOW = 2  # natsgate's authorization.timeout (and nats-server's own, direct) in flood
+FLOOD_CLIENTS = 2000 if QUICK else 5000
+
+os.makedirs(OUT, exist_ok=True)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, proc, what, timeout=15.0):
+    end = time.time() + timeout
+    while time.time() < end:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}; see logs in {OUT}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.02)
+    raise RuntimeError(f"{what} did not listen on {port}")
+
+
+class Procs:
+    """The processes of one measurement; stopped in reverse order."""
+
+    def __init__(self):
+        self.procs = []
+
+    def start(self, argv, name, port):
+        log = open(os.path.join(OUT, f"{name}.log"), "ab")
+        p = subprocess.Popen(argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+        self.procs.append(p)
+        wait_port(port, p, name)
+        return p
+
+    def stop(self):
+        for p in reversed(self.procs):
+            if p.poll() is None:
+                p.send_signal(signal.SIGKILL)
+            p.wait()
+        self.procs = []
+
+
+def write(path, text):
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
+def start_nats(procs, port, tls=None, auth_timeout=10):
+    """nats-server with user/password auth. tls: None | 'classic' | 'first'."""
+    conf = [
+        f"listen: 127.0.0.1:{port}",
+        "authorization { user: %s, password: %s, timeout: %d }" % (USER, PASS, auth_timeout),
+        "max_connections: 100000",
+    ]
+    if tls:
+        conf.append(
+            "tls { cert_file: \"%s/server.pem\", key_file: \"%s/server-key.pem\", timeout: 2%s }"
+            % (CERTS, CERTS, ", handshake_first: true" if tls == "first" else "")
+        )
+    path = write(os.path.join(OUT, f"nats-{port}.conf"), "\n".join(conf) + "\n")
+    return procs.start([NATS, "-c", path], "nats-server", port)
+
+
+def start_natsgate(procs, port, upstream, tls=None, window=None):
+    admin = free_port()
+    conf = f"""
+[listener]
+bind = "127.0.0.1:{port}"
+max_pending = 100000
+max_pending_per_ip = 100000
+
+[upstream]
+servers = ["nats://127.0.0.1:{upstream}"]
+
+[admin]
+bind = "127.0.0.1:{admin}"
+"""
+    if window is not None:
+        conf += f"\n[authorization]\ntimeout = {window}\n"
+    if tls:
+        conf += f"""
+[tls]
+cert_file = "{CERTS}/server.pem"
+key_file = "{CERTS}/server-key.pem"
+handshake_first = {"true" if tls == "first" else "false"}
+"""
+    path = write(os.path.join(OUT, f"natsgate-{port}.toml"), conf)
+    return procs.start([NATSGATE, "--config", path], "natsgate", port)
+
+
+def start_haproxy(procs, port, upstream, tls=None):
+    bind = f"127.0.0.1:{port}"
+    if tls:
+        bind += f" ssl crt {CERTS}/server-combined.pem"
+    conf = f"""global
+    maxconn 9000
+
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+
+frontend nats
+    bind {bind}
+    default_backend nats
+
+backend nats
+    server s1 127.0.0.1:{upstream}
+"""
+    path = write(os.path.join(OUT, f"haproxy-{port}.cfg"), conf)
+    return procs.start([HAPROXY, "-f", path, "-db"], "haproxy", port)
+
+
+def target(kind, procs, flood=False):
+    """Starts a target; returns (client port, tls mode for the client, pid to watch)."""
+    port = free_port()
+    tls = None
+    if kind.endswith("-tlsfirst"):
+        tls = "first"
+    elif kind.endswith("-tls"):
+        tls = "classic"
+    base = kind.split("-")[0]
+    if base == "direct":
+        p = start_nats(procs, port, tls, auth_timeout=FLOOD_WINDOW if flood else 10)
+        return port, tls, p.pid
+    up = free_port()
+    # HAProxy enforces no window: behind it, nats-server's own timer is the one that drops.
+    start_nats(procs, up, None, auth_timeout=FLOOD_WINDOW if flood and base == "haproxy" else 10)
+    if base == "natsgate":
+        p = start_natsgate(procs, port, up, tls, window=FLOOD_WINDOW if flood else None)
+    else:
+        p = start_haproxy(procs, port, up, tls)
+    return port, tls, p.pid
+
+
+def counts():
+    if QUICK:
+        return dict(pub16k=8000, pub128=200000, req=2000, raw_secs=1.5)
+    return dict(pub16k=20000, pub128=500000, req=5000, raw_secs=3)
+
+
+C = counts()
+PLAIN = ["direct", "natsgate", "haproxy"]
+CLASSIC = ["direct-tls", "natsgate-tls"]
+FIRST = ["direct-tlsfirst", "natsgate-tlsfirst", "haproxy-tlsfirst"]
+
+# id, title, loadgen args, targets, metric, higher is better
+ROWS = [
+    ("pub16k", "pub 16 KiB, MB/s", ["pub", "--size", "16384", "--count", str(C["pub16k"])], PLAIN, "mb_per_s", True),
+    ("pub128", "pub 128 B, msgs/s", ["pub", "--size", "128", "--count", str(C["pub128"])], PLAIN, "msgs_per_s", True),
+    ("req", "request/reply p50, µs", ["req", "--size", "128", "--count", str(C["req"])], PLAIN, "p50_us", False),
+    ("rawconn", "rawconn setup, conn/s", ["rawconn", "--secs", str(C["raw_secs"]), "--conc", "2"], PLAIN, "conn_per_s", True),
+    ("tls-pub16k", "TLS classic pub 16 KiB, MB/s", ["pub", "--size", "16384", "--count", str(C["pub16k"])], CLASSIC, "mb_per_s", True),
+    ("tlsfirst-pub16k", "TLS-first pub 16 KiB, MB/s", ["pub", "--size", "16384", "--count", str(C["pub16k"])], FIRST, "mb_per_s", True),
+    ("tls-rawconn", "TLS classic rawconn, conn/s", ["rawconn", "--secs", str(C["raw_secs"]), "--conc", "2"], CLASSIC, "conn_per_s", True),
+    ("tlsfirst-rawconn", "TLS-first rawconn, conn/s", ["rawconn", "--secs", str(C["raw_secs"]), "--conc", "2"], FIRST, "conn_per_s", True),
+    ("flood", f"flood {FLOOD_CLIENTS} silent clients", ["flood", "--clients", str(FLOOD_CLIENTS), "--window", str(FLOOD_WINDOW)], ["direct", "natsgate", "haproxy"], "drop_p99_ms", False),
+]
+EXTRA = {  # secondary metrics shown in the table
+    "req": ["p90_us", "p99_us"],
+    "rawconn": ["p50_us", "p99_us"],
+    "tls-rawconn": ["p50_us", "p99_us"],
+    "tlsfirst-rawconn": ["p50_us", "p99_us"],
+    "pub16k": ["msgs_per_s"],
+    "pub128": ["mb_per_s"],
+    "flood": ["rss_per_conn_bytes", "drop_p50_ms", "drop_max_ms", "errors"],
+}
+
+
+def measure(kind, args, flood=False):
+    procs = Procs()
+    try:
+        port, tls, pid = target(kind, procs, flood)
+        argv = [LOADGEN] + args + ["--addr", f"127.0.0.1:{port}", "--user", USER, "--pass", PASS]
+        if tls:
+            argv += ["--tls", tls, "--ca", os.path.join(CERTS, "ca.pem")]
+        if flood:
+            argv += ["--pid", str(pid)]
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+        if r.returncode != 0:
+            lines = (r.stderr or r.stdout).strip().splitlines()
+            at = next((i for i, l in enumerate(lines) if "panicked" in l), 0)
+            return {"error": " ".join(lines[at:at + 3])[:400]}
+        return json.loads(r.stdout.strip().splitlines()[-1])
+    except Exception as e:  # a broken target is reported, not fatal
+        return {"error": str(e)}
+    finally:
+        procs.stop()
+
+
+def fmt(v):
+    if v is None:
+        return "–"
+    if abs(v) >= 100:
+        return f"{v:,.0f}"
+    if abs(v) >= 10:
+        return f"{v:.1f}"
+    return f"{v:.2f}"
+
+
+def span(vals):
+    vals = [v for v in vals if v is not None]
+    if not vals:
+        return "–"
+    return f"{fmt(statistics.median(vals))} ({fmt(min(vals))}–{fmt(max(vals))})"
+
+
+def main():
+    rows = [r for r in ROWS if not ONLY or r[0] in ONLY]
+    if HAPROXY is None:
+        print("note: haproxy not found: HAProxy rows skipped (apt-get install -y haproxy)", file=sys.stderr)
+    results = {}  # (row id, target) -> list of per-round dicts
+    started = time.time()
+    for rnd in range(ROUNDS):
+        for rid, title, args, targets, metric, _ in rows:
+            targets = [t for t in targets if HAPROXY or not t.startswith("haproxy")]
+            order = targets[rnd % len(targets):] + targets[: rnd % len(targets)]
+            for kind in order:
+                r = measure(kind, args, flood=(rid == "flood"))
+                r["round"] = rnd
+                results.setdefault((rid, kind), []).append(r)
+                shown = r.get(metric, r.get("error"))
+                print(f"[{time.time() - started:6.0f}s] round {rnd + 1}/{ROUNDS} {rid:17s} {kind:18s} {metric}={shown}", file=sys.stderr, flush=True)
+    with open(os.path.join(OUT, "results.json"), "w") as f:
+        json.dump({f"{k[0]}/{k[1]}": v for k, v in results.items()}, f, indent=1)
+
+    load = open("/proc/loadavg").read().split()[:3]
+    print(f"\nROUNDS={ROUNDS} QUICK={int(QUICK)} · {time.time() - started:.0f} s · load average at end {' '.join(load)} · raw results: {OUT}/results.json\n")
+    print("| scenario | target | metric: median (min–max) | vs direct, same round: median (min–max) | other |")
+    print("|---|---|---|---|---|")
+    for rid, title, args, targets, metric, higher in rows:
+        direct = results.get((rid, targets[0]), [])
+        by_round = {r["round"]: r for r in direct}
+        for kind in targets:
+            rs = results.get((rid, kind))
+            if not rs:
+                continue
+            vals = [r.get(metric) for r in rs]
+            ratios = []
+            for r in rs:
+                d = by_round.get(r["round"], {})
+                if r.get(metric) is not None and d.get(metric):
+                    if rid == "flood":
+                        ratios = None
+                        break
+                    ratios.append(r[metric] / d[metric])
+            errs = [r["error"] for r in rs if "error" in r]
+            other = "; ".join(f"{m} {span([r.get(m) for r in rs])}" for m in EXTRA.get(rid, []))
+            if errs:
+                other += f"; {len(errs)} failed: {errs[0][:120]}"
+            ratio = "–" if kind == targets[0] or ratios is None else span(ratios)
+            print(f"| {title} | {kind} | {span(vals)} | {ratio} | {other} |")
+
+
+if __name__ == "__main__":
+    main()

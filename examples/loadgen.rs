@@ -1,0 +1,534 @@
+//! natsgate's load generator: one scenario per run, one JSON line of results on stdout.
+//!
+//! Driven by `bench/harness.py` (through `bench/run.sh`), which starts the targets and runs
+//! this against each of them; it can also be run by hand:
+//!
+//! ```text
+//! cargo build --release --example loadgen
+//! target/release/examples/loadgen pub --addr 127.0.0.1:4222 --size 16384 --count 20000
+//! target/release/examples/loadgen req --addr 127.0.0.1:4222 --count 5000
+//! target/release/examples/loadgen rawconn --addr 127.0.0.1:4222 --secs 3 --tls first --ca ca.pem
+//! target/release/examples/loadgen flood --addr 127.0.0.1:4222 --clients 5000 --window 3 --pid 1234
+//! ```
+//!
+//! Scenarios:
+//! - `pub`: one publisher and one subscriber (separate connections); the publisher keeps at
+//!   most `--window-bytes` unacknowledged by the subscriber in flight, so no slow-consumer drop
+//!   can happen and every message is counted at the subscriber.
+//! - `req`: sequential request/reply through the target (responder on its own connection);
+//!   latency percentiles in µs.
+//! - `rawconn`: connection setup by hand (TCP, INFO, TLS if asked, CONNECT+PING, PONG) with
+//!   `--conc` workers for `--secs`; conn/s and latency percentiles. async-nats' own connect is
+//!   avoided because it adds about a millisecond that hides the proxy's cost.
+//! - `flood`: `--clients` silent connections at once; the target's RSS per pending connection
+//!   (from `/proc/<pid>/status`) and, per client, when it was dropped relative to its own
+//!   connect plus `--window`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, ValueEnum};
+use futures::StreamExt;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, ServerName};
+use serde_json::json;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+enum Scenario {
+    Pub,
+    Req,
+    Rawconn,
+    Flood,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+enum TlsMode {
+    None,
+    Classic,
+    First,
+}
+
+#[derive(Parser, Debug, Clone)]
+struct Args {
+    scenario: Scenario,
+    /// host:port of the target.
+    #[arg(long, default_value = "127.0.0.1:4222")]
+    addr: String,
+    #[arg(long, default_value = "bench")]
+    user: String,
+    #[arg(long, default_value = "bench-pass")]
+    pass: String,
+    #[arg(long, value_enum, default_value = "none")]
+    tls: TlsMode,
+    /// CA certificate (PEM) that signed the target's certificate.
+    #[arg(long)]
+    ca: Option<std::path::PathBuf>,
+    /// Payload size in bytes (pub, req).
+    #[arg(long, default_value_t = 128)]
+    size: usize,
+    /// Messages (pub) or requests (req).
+    #[arg(long, default_value_t = 100_000)]
+    count: u64,
+    /// pub: bytes the publisher may be ahead of the subscriber.
+    #[arg(long, default_value_t = 8 << 20)]
+    window_bytes: usize,
+    /// rawconn: how long to run.
+    #[arg(long, default_value_t = 3.0)]
+    secs: f64,
+    /// rawconn: concurrent connection workers.
+    #[arg(long, default_value_t = 2)]
+    conc: usize,
+    /// flood: silent clients.
+    #[arg(long, default_value_t = 5000)]
+    clients: usize,
+    /// flood: the target's authorization window, seconds.
+    #[arg(long, default_value_t = 3.0)]
+    window: f64,
+    /// flood: the process whose RSS is measured.
+    #[arg(long)]
+    pid: Option<u32>,
+}
+
+fn main() {
+    let args = Args::parse();
+    // async-nats sees both ring and aws-lc-rs enabled in this build: pick one explicitly.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let out = rt.block_on(async {
+        match args.scenario {
+            Scenario::Pub => run_pub(&args).await,
+            Scenario::Req => run_req(&args).await,
+            Scenario::Rawconn => run_rawconn(&args).await,
+            Scenario::Flood => run_flood(&args).await,
+        }
+    });
+    println!("{out}");
+}
+
+fn host_of(addr: &str) -> &str {
+    addr.rsplit_once(':').map(|(h, _)| h).unwrap_or(addr)
+}
+
+async fn nats_client(args: &Args, name: &str) -> async_nats::Client {
+    let mut opts = async_nats::ConnectOptions::new()
+        .user_and_password(args.user.clone(), args.pass.clone())
+        .name(name)
+        .subscription_capacity(1 << 18)
+        .client_capacity(1 << 14)
+        .read_buffer_capacity(u16::MAX)
+        .max_reconnects(0)
+        .ignore_discovered_servers();
+    let url = match args.tls {
+        TlsMode::None => format!("nats://{}", args.addr),
+        TlsMode::Classic => format!("tls://{}", args.addr),
+        TlsMode::First => format!("tls://{}", args.addr),
+    };
+    if args.tls != TlsMode::None {
+        opts = opts.require_tls(true);
+        if let Some(ca) = &args.ca {
+            opts = opts.add_root_certificates(ca.clone());
+        }
+        if args.tls == TlsMode::First {
+            opts = opts.tls_first();
+        }
+    }
+    opts.connect(url).await.expect("connect")
+}
+
+async fn run_pub(args: &Args) -> serde_json::Value {
+    let n = args.count;
+    let size = args.size;
+    let window = (args.window_bytes / size.max(1)).max(64) as u64;
+    let sub_client = nats_client(args, "bench-sub").await;
+    let pub_client = nats_client(args, "bench-pub").await;
+    let mut sub = sub_client.subscribe("bench.pub").await.expect("subscribe");
+    sub_client.flush().await.expect("flush");
+
+    let received = Arc::new(AtomicU64::new(0));
+    let progress = Arc::new(tokio::sync::Notify::new());
+    let bad = Arc::new(AtomicU64::new(0));
+    let counter = {
+        let received = received.clone();
+        let progress = progress.clone();
+        let bad = bad.clone();
+        tokio::spawn(async move {
+            let step = (window / 4).max(1);
+            let mut count = 0u64;
+            while let Some(m) = sub.next().await {
+                if m.payload.len() != size {
+                    bad.fetch_add(1, Ordering::Relaxed);
+                }
+                count += 1;
+                if count % step == 0 || count == n {
+                    received.store(count, Ordering::Release);
+                    progress.notify_one();
+                }
+                if count == n {
+                    break;
+                }
+            }
+            (count, Instant::now())
+        })
+    };
+
+    let payload = bytes::Bytes::from(vec![b'x'; size]);
+    let started = Instant::now();
+    for i in 0..n {
+        while i.saturating_sub(received.load(Ordering::Acquire)) >= window {
+            let wait = progress.notified();
+            if i.saturating_sub(received.load(Ordering::Acquire)) < window {
+                break;
+            }
+            wait.await;
+        }
+        pub_client
+            .publish("bench.pub", payload.clone())
+            .await
+            .expect("publish");
+    }
+    pub_client.flush().await.expect("flush");
+    let (count, done) = tokio::time::timeout(Duration::from_secs(120), counter)
+        .await
+        .expect("subscriber finished in time")
+        .expect("subscriber task");
+    let secs = done.duration_since(started).as_secs_f64();
+    json!({
+        "scenario": "pub",
+        "size": size,
+        "count": count,
+        "expected": n,
+        "bad": bad.load(Ordering::Relaxed),
+        "secs": secs,
+        "msgs_per_s": count as f64 / secs,
+        "mb_per_s": (count as f64 * size as f64) / secs / 1e6,
+    })
+}
+
+async fn run_req(args: &Args) -> serde_json::Value {
+    let responder = nats_client(args, "bench-responder").await;
+    let requester = nats_client(args, "bench-requester").await;
+    let mut sub = responder.subscribe("bench.req").await.expect("subscribe");
+    responder.flush().await.expect("flush");
+    let r2 = responder.clone();
+    tokio::spawn(async move {
+        while let Some(m) = sub.next().await {
+            if let Some(reply) = m.reply {
+                let _ = r2.publish(reply, m.payload).await;
+            }
+        }
+    });
+    let payload = bytes::Bytes::from(vec![b'r'; args.size]);
+    // Warm-up: the first requests set up the requester's reply subscription.
+    for _ in 0..200 {
+        requester
+            .request("bench.req", payload.clone())
+            .await
+            .expect("request");
+    }
+    let mut lat = Vec::with_capacity(args.count as usize);
+    let started = Instant::now();
+    for _ in 0..args.count {
+        let t = Instant::now();
+        requester
+            .request("bench.req", payload.clone())
+            .await
+            .expect("request");
+        lat.push(t.elapsed().as_nanos() as u64 / 1000);
+    }
+    let secs = started.elapsed().as_secs_f64();
+    lat.sort_unstable();
+    json!({
+        "scenario": "req",
+        "count": lat.len(),
+        "secs": secs,
+        "p50_us": pct(&lat, 50.0),
+        "p90_us": pct(&lat, 90.0),
+        "p99_us": pct(&lat, 99.0),
+    })
+}
+
+fn pct(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let i = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn tls_connector(args: &Args) -> tokio_rustls::TlsConnector {
+    let mut roots = rustls::RootCertStore::empty();
+    let ca = args.ca.as_ref().expect("--ca is needed with --tls");
+    for c in CertificateDer::pem_file_iter(ca).expect("read --ca") {
+        roots.add(c.expect("CA PEM")).expect("CA cert");
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+}
+
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// Reads until `needle` has been seen; returns false on EOF first.
+async fn read_until(s: &mut (impl AsyncRead + Unpin), buf: &mut Vec<u8>, needle: &[u8]) -> bool {
+    let mut chunk = [0u8; 4096];
+    loop {
+        if memchr::memmem::find(buf, needle).is_some() {
+            return true;
+        }
+        match s.read(&mut chunk).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+/// One hand-made connection setup; the latency from before TCP connect to PONG.
+async fn one_conn(
+    args: &Args,
+    connector: Option<&tokio_rustls::TlsConnector>,
+    connect_line: &[u8],
+) -> Result<Duration, String> {
+    let t = Instant::now();
+    let tcp = TcpStream::connect(&args.addr)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    tcp.set_nodelay(true).map_err(|e| e.to_string())?;
+    let name = ServerName::try_from(host_of(&args.addr).to_string()).map_err(|e| e.to_string())?;
+    let mut buf = Vec::with_capacity(1024);
+    let mut s: Box<dyn Io> = match (args.tls, connector) {
+        (TlsMode::First, Some(c)) => {
+            let mut s = c
+                .connect(name, tcp)
+                .await
+                .map_err(|e| format!("tls: {e}"))?;
+            if !read_until(&mut s, &mut buf, b"\n").await {
+                return Err("no INFO".into());
+            }
+            Box::new(s)
+        }
+        (TlsMode::Classic, Some(c)) => {
+            // INFO is read byte-exact (nothing follows it before the upgrade).
+            let mut tcp = tcp;
+            let mut b = [0u8; 1];
+            loop {
+                match tcp.read(&mut b).await {
+                    Ok(1) => {
+                        buf.push(b[0]);
+                        if b[0] == b'\n' {
+                            break;
+                        }
+                    }
+                    _ => return Err("no INFO".into()),
+                }
+            }
+            Box::new(
+                c.connect(name, tcp)
+                    .await
+                    .map_err(|e| format!("tls: {e}"))?,
+            )
+        }
+        _ => {
+            let mut tcp = tcp;
+            if !read_until(&mut tcp, &mut buf, b"\n").await {
+                return Err("no INFO".into());
+            }
+            Box::new(tcp)
+        }
+    };
+    if !buf.starts_with(b"INFO ") {
+        return Err(format!("not INFO: {}", String::from_utf8_lossy(&buf)));
+    }
+    s.write_all(connect_line)
+        .await
+        .map_err(|e| format!("write: {e}"))?;
+    s.flush().await.map_err(|e| e.to_string())?;
+    buf.clear();
+    if !read_until(&mut s, &mut buf, b"PONG\r\n").await {
+        return Err(format!("no PONG: {}", String::from_utf8_lossy(&buf)));
+    }
+    Ok(t.elapsed())
+}
+
+async fn run_rawconn(args: &Args) -> serde_json::Value {
+    let args = Arc::new(args.clone());
+    let connector = (args.tls != TlsMode::None).then(|| tls_connector(&args));
+    let connect_line = format!(
+        "CONNECT {{\"verbose\":false,\"pedantic\":false,\"user\":\"{}\",\"pass\":\"{}\",\"name\":\"rawconn\",\"lang\":\"rust\",\"version\":\"0\",\"protocol\":1,\"headers\":true,\"no_responders\":true}}\r\nPING\r\n",
+        args.user, args.pass
+    )
+    .into_bytes();
+    // Warm-up (and a check that the target works at all).
+    for _ in 0..20 {
+        if let Err(e) = one_conn(&args, connector.as_ref(), &connect_line).await {
+            return json!({"scenario": "rawconn", "error": e});
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs_f64(args.secs);
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for _ in 0..args.conc {
+        let args = args.clone();
+        let connector = connector.clone();
+        let line = connect_line.clone();
+        workers.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let mut errors = 0u64;
+            let mut last_err = String::new();
+            while Instant::now() < deadline {
+                match one_conn(&args, connector.as_ref(), &line).await {
+                    Ok(d) => lat.push(d.as_nanos() as u64 / 1000),
+                    Err(e) => {
+                        errors += 1;
+                        last_err = e;
+                    }
+                }
+            }
+            (lat, errors, last_err)
+        }));
+    }
+    let mut lat = Vec::new();
+    let mut errors = 0;
+    let mut last_err = String::new();
+    for w in workers {
+        let (l, e, le) = w.await.expect("worker");
+        lat.extend(l);
+        errors += e;
+        if !le.is_empty() {
+            last_err = le;
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    lat.sort_unstable();
+    json!({
+        "scenario": "rawconn",
+        "tls": format!("{:?}", args.tls),
+        "conns": lat.len(),
+        "errors": errors,
+        "last_error": last_err,
+        "secs": secs,
+        "conn_per_s": lat.len() as f64 / secs,
+        "p50_us": pct(&lat, 50.0),
+        "p99_us": pct(&lat, 99.0),
+    })
+}
+
+fn rss_kb(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+async fn run_flood(args: &Args) -> serde_json::Value {
+    let k = args.clients;
+    let window = Duration::from_secs_f64(args.window);
+    let before = args.pid.and_then(rss_kb);
+    let gate = Arc::new(tokio::sync::Semaphore::new(256));
+    let connected = Arc::new(AtomicU64::new(0));
+    let all_connected = Arc::new(tokio::sync::Notify::new());
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(k);
+    for _ in 0..k {
+        let gate = gate.clone();
+        let addr = args.addr.clone();
+        let connected = connected.clone();
+        let all_connected = all_connected.clone();
+        tasks.push(tokio::spawn(async move {
+            let permit = gate.acquire_owned().await.expect("semaphore");
+            let tcp = TcpStream::connect(&addr).await;
+            let at = Instant::now();
+            let mut tcp = match tcp {
+                Ok(t) => t,
+                Err(e) => {
+                    drop(permit);
+                    if connected.fetch_add(1, Ordering::AcqRel) + 1 == k as u64 {
+                        all_connected.notify_one();
+                    }
+                    return Err(e.to_string());
+                }
+            };
+            // Silent: never write. Dropped when -ERR arrives or the socket closes. The connect
+            // permit is held until the first bytes (INFO) arrive, so at most 256 connections
+            // wait in the target's accept queue and none overflows it.
+            let mut buf = Vec::with_capacity(512);
+            let mut chunk = [0u8; 512];
+            let mut permit = Some(permit);
+            let limit = at + window + Duration::from_secs(15);
+            loop {
+                if memchr::memmem::find(&buf, b"-ERR").is_some() {
+                    break;
+                }
+                match tokio::time::timeout_at(limit.into(), tcp.read(&mut chunk)).await {
+                    Err(_) => return Err("not dropped".into()),
+                    Ok(Ok(0)) | Ok(Err(_)) => break,
+                    Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+                }
+                if permit.take().is_some()
+                    && connected.fetch_add(1, Ordering::AcqRel) + 1 == k as u64
+                {
+                    all_connected.notify_one();
+                }
+            }
+            if permit.is_some() && connected.fetch_add(1, Ordering::AcqRel) + 1 == k as u64 {
+                all_connected.notify_one();
+            }
+            Ok::<_, String>((at, Instant::now()))
+        }));
+    }
+    all_connected.notified().await;
+    let connect_secs = started.elapsed().as_secs_f64();
+    // Let the target accept and settle every connection before sampling its memory.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after = args.pid.and_then(rss_kb);
+    let mut delays_ms: Vec<i64> = Vec::with_capacity(k);
+    let mut errors = 0u64;
+    for t in tasks {
+        match tokio::time::timeout(window + Duration::from_secs(20), t).await {
+            Ok(Ok(Ok((at, dropped)))) => {
+                let d = dropped.duration_since(at).as_micros() as i64 - window.as_micros() as i64;
+                delays_ms.push(d);
+            }
+            _ => errors += 1,
+        }
+    }
+    delays_ms.sort_unstable();
+    let p = |q: f64| -> f64 {
+        if delays_ms.is_empty() {
+            return f64::NAN;
+        }
+        let i = ((q / 100.0) * (delays_ms.len() - 1) as f64).round() as usize;
+        delays_ms[i] as f64 / 1000.0
+    };
+    let per_conn = match (before, after) {
+        (Some(b), Some(a)) => Some((a as f64 - b as f64) * 1024.0 / k as f64),
+        _ => None,
+    };
+    json!({
+        "scenario": "flood",
+        "clients": k,
+        "errors": errors,
+        "connect_secs": connect_secs,
+        "rss_before_kb": before,
+        "rss_after_kb": after,
+        "rss_per_conn_bytes": per_conn,
+        "drop_min_ms": p(0.0),
+        "drop_p50_ms": p(50.0),
+        "drop_p99_ms": p(99.0),
+        "drop_max_ms": p(100.0),
+    })
+}
