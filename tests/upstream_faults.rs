@@ -501,7 +501,8 @@ async fn one_of_three_members_hung_only_the_first_client_waits() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_without_info_the_window_still_holds() {
     let fake = fake_upstream(hold).await;
-    let proxy = BareProxy::start(&proxy_toml(&[fake.url.clone()], "0.5", "2", "")).await;
+    let proxy =
+        BareProxy::start(&proxy_toml(std::slice::from_ref(&fake.url), "0.5", "2", "")).await;
     let started = Instant::now();
     let mut s = TcpStream::connect(proxy.addr).await.unwrap();
     let (got, closed) = read_until_closed(&mut s, Duration::from_secs(3)).await;
@@ -537,7 +538,8 @@ async fn upstream_without_info_the_window_still_holds() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_without_info_fails_at_connect_timeout() {
     let fake = fake_upstream(hold).await;
-    let proxy = BareProxy::start(&proxy_toml(&[fake.url.clone()], "3", "0.5", "")).await;
+    let proxy =
+        BareProxy::start(&proxy_toml(std::slice::from_ref(&fake.url), "3", "0.5", "")).await;
     let started = Instant::now();
     let mut s = TcpStream::connect(proxy.addr).await.unwrap();
     let (got, closed) = read_until_closed(&mut s, Duration::from_secs(3)).await;
@@ -634,7 +636,7 @@ async fn malformed_info_from_the_only_upstream_closes_the_client() {
         hold(s).await;
     })
     .await;
-    let proxy = BareProxy::start(&proxy_toml(&[fake.url.clone()], "2", "1", "")).await;
+    let proxy = BareProxy::start(&proxy_toml(std::slice::from_ref(&fake.url), "2", "1", "")).await;
     let started = Instant::now();
     let mut s = TcpStream::connect(proxy.addr).await.unwrap();
     let (got, closed) = read_until_closed(&mut s, Duration::from_secs(3)).await;
@@ -672,7 +674,7 @@ async fn oversized_info_is_cut_at_256_kib() {
         }
     })
     .await;
-    let proxy = BareProxy::start(&proxy_toml(&[fake.url.clone()], "8", "5", "")).await;
+    let proxy = BareProxy::start(&proxy_toml(std::slice::from_ref(&fake.url), "8", "5", "")).await;
     let started = Instant::now();
     let mut s = TcpStream::connect(proxy.addr).await.unwrap();
     let (got, closed) = read_until_closed(&mut s, Duration::from_secs(7)).await;
@@ -742,7 +744,7 @@ async fn large_info_under_the_limit_is_relayed_whole() {
     })
     .await;
     let proxy = BareProxy::start(&proxy_toml(
-        &[fake.url.clone()],
+        std::slice::from_ref(&fake.url),
         "2",
         "1",
         "strip_connect_urls = false\n",
