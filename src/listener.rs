@@ -29,7 +29,7 @@ pub struct Limits {
 impl Limits {
     /// Admits a connection or says which limit it hit. Counts are taken here, before any
     /// upstream dial, so a flood never reaches nats-server.
-    fn admit(
+    pub(crate) fn admit(
         self: &Arc<Self>,
         ip: IpAddr,
         cfg: &ListenerConfig,
