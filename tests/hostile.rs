@@ -1051,7 +1051,7 @@ async fn truncated_client_hello_on_a_tls_listener_is_closed_silently_at_the_tls_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn malformed_client_hello_on_a_tls_listener_gets_an_alert_and_close() {
+async fn malformed_client_hello_on_a_tls_listener_is_closed_without_a_byte() {
     let dir = tempfile::tempdir().unwrap();
     let scene = tls_scene(&dir, "3", "2").await;
     let (mut s, _info) = raw_connect(scene.proxy.addr).await;
