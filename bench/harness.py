@@ -34,6 +34,14 @@ NATSGATE = os.environ.get("NATSGATE", os.path.join(ROOT, "target/release/natsgat
 LOADGEN = os.environ.get("LOADGEN", os.path.join(ROOT, "target/release/examples/loadgen"))
 CERTS = os.environ["CERTS"]
 HAPROXY = shutil.which("haproxy")
+# Extra natsgate targets for A/B experiments: VARIANTS="name:K=V,K=V;name2:K=V" adds a
+# "natsgate+name" target (environment K=V for natsgate) next to natsgate in every row.
+VARIANTS = {}
+for spec in filter(None, os.environ.get("VARIANTS", "").split(";")):
+    name, _, envs = spec.partition(":")
+    VARIANTS[name] = dict(e.split("=", 1) for e in envs.split(",") if e)
+# A different natsgate binary for the variants only: VARIANT_BIN=path.
+VARIANT_BIN = os.environ.get("VARIANT_BIN")
 USER, PASS = "bench", "bench-pass"
 FLOOD_WINDOW = 2  # natsgate's authorization.timeout (and nats-server's own, direct) in flood
 FLOOD_CLIENTS = 2000 if QUICK else 5000
@@ -66,9 +74,10 @@ class Procs:
     def __init__(self):
         self.procs = []
 
-    def start(self, argv, name, port):
+    def start(self, argv, name, port, env=None):
         log = open(os.path.join(OUT, f"{name}.log"), "ab")
-        p = subprocess.Popen(argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+        full_env = dict(os.environ, **(env or {}))
+        p = subprocess.Popen(argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=full_env)
         self.procs.append(p)
         wait_port(port, p, name)
         return p
@@ -103,7 +112,7 @@ def start_nats(procs, port, tls=None, auth_timeout=10):
     return procs.start([NATS, "-c", path], "nats-server", port)
 
 
-def start_natsgate(procs, port, upstream, tls=None, window=None):
+def start_natsgate(procs, port, upstream, tls=None, window=None, variant=None):
     admin = free_port()
     conf = f"""
 [listener]
@@ -127,7 +136,8 @@ key_file = "{CERTS}/server-key.pem"
 handshake_first = {"true" if tls == "first" else "false"}
 """
     path = write(os.path.join(OUT, f"natsgate-{port}.toml"), conf)
-    return procs.start([NATSGATE, "--config", path], "natsgate", port)
+    binary = VARIANT_BIN if variant and VARIANT_BIN else NATSGATE
+    return procs.start([binary, "--config", path], "natsgate", port, VARIANTS.get(variant))
 
 
 def start_haproxy(procs, port, upstream, tls=None):
@@ -157,6 +167,7 @@ backend nats
 def target(kind, procs, flood=False):
     """Starts a target; returns (client port, tls mode for the client, pid to watch)."""
     port = free_port()
+    kind, _, variant = kind.partition("+")
     tls = None
     if kind.endswith("-tlsfirst"):
         tls = "first"
@@ -170,7 +181,7 @@ def target(kind, procs, flood=False):
     # HAProxy enforces no window: behind it, nats-server's own timer is the one that drops.
     start_nats(procs, up, None, auth_timeout=FLOOD_WINDOW if flood and base == "haproxy" else 10)
     if base == "natsgate":
-        p = start_natsgate(procs, port, up, tls, window=FLOOD_WINDOW if flood else None)
+        p = start_natsgate(procs, port, up, tls, window=FLOOD_WINDOW if flood else None, variant=variant or None)
     else:
         p = start_haproxy(procs, port, up, tls)
     return port, tls, p.pid
@@ -250,6 +261,11 @@ def span(vals):
 
 def main():
     rows = [r for r in ROWS if not ONLY or r[0] in ONLY]
+    if VARIANTS:
+        rows = [
+            (rid, title, args, [x for t in targets for x in [t] + ([f"{t}+{v}" for v in VARIANTS] if t.startswith("natsgate") else [])], metric, hi)
+            for rid, title, args, targets, metric, hi in rows
+        ]
     if HAPROXY is None:
         print("note: haproxy not found: HAProxy rows skipped (apt-get install -y haproxy)", file=sys.stderr)
     results = {}  # (row id, target) -> list of per-round dicts

@@ -148,7 +148,20 @@ async fn run_pub(args: &Args) -> serde_json::Value {
     let sub_client = nats_client(args, "bench-sub").await;
     let pub_client = nats_client(args, "bench-pub").await;
     let mut sub = sub_client.subscribe("bench.pub").await.expect("subscribe");
-    sub_client.flush().await.expect("flush");
+    // A connection's ops are processed in order: once "bench.sync" answers, the server has
+    // the "bench.pub" subscription too, and no message can be published before it exists.
+    let mut sync = sub_client.subscribe("bench.sync").await.expect("subscribe");
+    {
+        let c = sub_client.clone();
+        tokio::spawn(async move {
+            while let Some(m) = sync.next().await {
+                if let Some(reply) = m.reply {
+                    let _ = c.publish(reply, bytes::Bytes::new()).await;
+                }
+            }
+        });
+    }
+    until_answered(&pub_client, "bench.sync").await;
 
     let received = Arc::new(AtomicU64::new(0));
     let progress = Arc::new(tokio::sync::Notify::new());
@@ -193,10 +206,13 @@ async fn run_pub(args: &Args) -> serde_json::Value {
             .expect("publish");
     }
     pub_client.flush().await.expect("flush");
-    let (count, done) = tokio::time::timeout(Duration::from_secs(120), counter)
-        .await
-        .expect("subscriber finished in time")
-        .expect("subscriber task");
+    let (count, done) = match tokio::time::timeout(Duration::from_secs(120), counter).await {
+        Ok(r) => r.expect("subscriber task"),
+        Err(_) => {
+            let got = received.load(Ordering::Acquire);
+            panic!("subscriber got about {got} of {n} messages in 120 s: lost messages");
+        }
+    };
     let secs = done.duration_since(started).as_secs_f64();
     json!({
         "scenario": "pub",
@@ -224,6 +240,7 @@ async fn run_req(args: &Args) -> serde_json::Value {
         }
     });
     let payload = bytes::Bytes::from(vec![b'r'; args.size]);
+    until_answered(&requester, "bench.req").await;
     // Warm-up: the first requests set up the requester's reply subscription.
     for _ in 0..200 {
         requester
@@ -251,6 +268,18 @@ async fn run_req(args: &Args) -> serde_json::Value {
         "p90_us": pct(&lat, 90.0),
         "p99_us": pct(&lat, 99.0),
     })
+}
+
+/// Requests `subject` until a responder answers: `flush` only writes the SUB out, it does not
+/// wait for the server to have processed it, and the responder is on another connection.
+async fn until_answered(client: &async_nats::Client, subject: &'static str) {
+    for _ in 0..500 {
+        match client.request(subject, bytes::Bytes::new()).await {
+            Ok(_) => return,
+            Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
+    }
+    panic!("no responder on {subject}");
 }
 
 fn pct(sorted: &[u64], p: f64) -> u64 {
