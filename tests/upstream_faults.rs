@@ -236,6 +236,9 @@ async fn nats_killed_mid_stream_closes_every_client_promptly_and_leaks_nothing()
     let mut nats = NatsServer::start("");
     let nats_port = nats.port;
     let proxy = Proxy::start(&config_for(&[nats.url()], "2", "")).await;
+    // The proxy's own background tasks are up once it has served a scrape.
+    proxy.metrics().await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
     let tasks_before = tokio::runtime::Handle::current()
         .metrics()
         .num_alive_tasks();
