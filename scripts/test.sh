@@ -20,6 +20,9 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --locked --all-targets -- -D warnings
+# The 5,000-silent-clients case needs ~17,000 descriptors (it skips loudly with fewer).
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+echo "== open-file limit: $(ulimit -n)"
 echo "== cargo test"
 cargo test --locked -- --test-threads="${TEST_THREADS:-2}"
 
