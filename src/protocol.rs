@@ -7,6 +7,7 @@
 use std::net::SocketAddr;
 use std::ops::Range;
 
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 /// Sent when the window closes before a complete CONNECT (nats-server's own text).
@@ -186,8 +187,139 @@ pub enum InfoError {
     BadJson(String),
 }
 
+/// The upstream's INFO object, field by field, each value kept as the exact JSON text
+/// nats-server sent. Relaying it never re-encodes a value, so numbers, escapes and the nonce
+/// reach the client byte for byte, and field order is kept.
+#[derive(Debug, Clone, Default)]
+pub struct Info {
+    fields: Vec<(String, Box<RawValue>)>,
+}
+
+impl Info {
+    /// Number of fields.
+    pub fn len(&self) -> usize {
+        self.fields.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.fields.is_empty()
+    }
+
+    /// The raw JSON text of a field.
+    pub fn raw(&self, key: &str) -> Option<&RawValue> {
+        self.fields
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| &**v)
+    }
+
+    /// A field that holds a string (`nonce`, `server_id`).
+    pub fn str_field(&self, key: &str) -> Option<String> {
+        self.raw(key)
+            .and_then(|v| serde_json::from_str(v.get()).ok())
+    }
+
+    /// A field that holds a boolean (`tls_required`).
+    pub fn bool_field(&self, key: &str) -> Option<bool> {
+        self.raw(key)
+            .and_then(|v| serde_json::from_str(v.get()).ok())
+    }
+
+    /// The fields as JSON values, for inspection (not used on the relay path).
+    pub fn to_map(&self) -> Map<String, Value> {
+        self.fields
+            .iter()
+            .filter_map(|(k, v)| Some((k.clone(), serde_json::from_str(v.get()).ok()?)))
+            .collect()
+    }
+
+    /// nats-server omits false flags (`omitempty`); do the same so clients see familiar INFO.
+    /// A flag that is set keeps its place; a new one goes last.
+    fn set_flag(&mut self, key: &str, on: bool) {
+        let mut seen = false;
+        self.fields.retain(|(k, _)| {
+            let keep = k != key || (on && !seen);
+            seen |= k == key;
+            keep
+        });
+        if on {
+            let value = RawValue::from_string("true".into()).unwrap_or_default();
+            match self.fields.iter_mut().find(|(k, _)| k == key) {
+                Some((_, v)) => *v = value,
+                None => self.fields.push((key.to_string(), value)),
+            }
+        }
+    }
+
+    fn remove(&mut self, key: &str) {
+        self.fields.retain(|(k, _)| k != key);
+    }
+
+    /// `INFO {json} \r\n`, with the space before CRLF that nats-server writes.
+    fn to_line(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(
+            16 + self
+                .fields
+                .iter()
+                .map(|(k, v)| k.len() + v.get().len() + 4)
+                .sum::<usize>(),
+        );
+        out.extend_from_slice(b"INFO {");
+        for (i, (k, v)) in self.fields.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            // Encoding a string cannot fail.
+            out.extend_from_slice(&serde_json::to_vec(k).unwrap_or_default());
+            out.push(b':');
+            // A value's own whitespace is kept, except line breaks: the INFO must stay one
+            // line. (They can only be whitespace between tokens: JSON strings cannot hold raw
+            // control characters.)
+            out.extend(
+                v.get()
+                    .bytes()
+                    .map(|b| if b == b'\r' || b == b'\n' { b' ' } else { b }),
+            );
+        }
+        out.extend_from_slice(b"} \r\n");
+        out
+    }
+}
+
+/// Equal when the same fields hold the same JSON text, in the same order.
+impl PartialEq for Info {
+    fn eq(&self, other: &Info) -> bool {
+        self.fields.len() == other.fields.len()
+            && self
+                .fields
+                .iter()
+                .zip(&other.fields)
+                .all(|((ka, va), (kb, vb))| ka == kb && va.get() == vb.get())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Info {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Info, D::Error> {
+        struct Fields;
+        impl<'de> serde::de::Visitor<'de> for Fields {
+            type Value = Info;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Info, A::Error> {
+                let mut fields = Vec::with_capacity(map.size_hint().unwrap_or(16));
+                while let Some(entry) = map.next_entry::<String, Box<RawValue>>()? {
+                    fields.push(entry);
+                }
+                Ok(Info { fields })
+            }
+        }
+        d.deserialize_map(Fields)
+    }
+}
+
 /// Parses `INFO {json} \r\n` (the terminator may be present or already stripped).
-pub fn parse_info(line: &[u8]) -> Result<Map<String, Value>, InfoError> {
+pub fn parse_info(line: &[u8]) -> Result<Info, InfoError> {
     if line.len() < 5
         || !line[..4].eq_ignore_ascii_case(b"INFO")
         || !matches!(line[4], b' ' | b'\t')
@@ -195,11 +327,7 @@ pub fn parse_info(line: &[u8]) -> Result<Map<String, Value>, InfoError> {
         return Err(InfoError::NotInfo);
     }
     let json = line[5..].trim_ascii();
-    match serde_json::from_slice::<Value>(json) {
-        Ok(Value::Object(m)) => Ok(m),
-        Ok(other) => Err(InfoError::BadJson(format!("got {}", json_kind(&other)))),
-        Err(e) => Err(InfoError::BadJson(e.to_string())),
-    }
+    serde_json::from_slice::<Info>(json).map_err(|e| InfoError::BadJson(e.to_string()))
 }
 
 /// What the client-facing INFO says about TLS: natsgate's own listener, not the upstream's.
@@ -216,36 +344,20 @@ pub enum TlsAdvert {
 /// Rewrites the upstream INFO for the client: the nonce and every other field are kept; only
 /// the TLS flags (natsgate's listener decides them) and, when asked, `connect_urls` (which would
 /// let clients bypass natsgate) change. Returns the complete `INFO {json} \r\n` line.
-pub fn rewrite_info(
-    mut info: Map<String, Value>,
-    tls: TlsAdvert,
-    strip_connect_urls: bool,
-) -> Vec<u8> {
+pub fn rewrite_info(mut info: Info, tls: TlsAdvert, strip_connect_urls: bool) -> Vec<u8> {
     let (required, available, verify) = match tls {
         TlsAdvert::None => (false, false, false),
         TlsAdvert::Required { verify } => (true, false, verify),
         TlsAdvert::Available { verify } => (false, true, verify),
     };
-    set_flag(&mut info, "tls_required", required);
-    set_flag(&mut info, "tls_available", available);
-    set_flag(&mut info, "tls_verify", verify);
+    info.set_flag("tls_required", required);
+    info.set_flag("tls_available", available);
+    info.set_flag("tls_verify", verify);
     if strip_connect_urls {
         info.remove("connect_urls");
         info.remove("ws_connect_urls");
     }
-    let mut out = b"INFO ".to_vec();
-    out.extend_from_slice(&serde_json::to_vec(&info).unwrap_or_default());
-    out.extend_from_slice(b" \r\n");
-    out
-}
-
-/// nats-server omits false flags (`omitempty`); do the same so clients see familiar INFO.
-fn set_flag(info: &mut Map<String, Value>, key: &str, on: bool) {
-    if on {
-        info.insert(key.into(), Value::Bool(true));
-    } else {
-        info.remove(key);
-    }
+    info.to_line()
 }
 
 /// The upstream's answer to the forwarded CONNECT.
@@ -611,7 +723,7 @@ mod tests {
         assert!(!text.contains("connect_urls"));
         assert!(!text.contains("tls_required"));
         let again = parse_info(&out).unwrap();
-        assert_eq!(again["headers"], Value::Bool(true));
+        assert_eq!(again.bool_field("headers"), Some(true));
 
         let out = rewrite_info(
             parse_info(line).unwrap(),
@@ -619,8 +731,36 @@ mod tests {
             false,
         );
         let m = parse_info(&out).unwrap();
-        assert_eq!(m["tls_available"], Value::Bool(true));
-        assert!(m.contains_key("connect_urls"));
+        assert_eq!(m.bool_field("tls_available"), Some(true));
+        assert!(m.raw("connect_urls").is_some());
+    }
+
+    #[test]
+    fn info_values_are_relayed_byte_for_byte() {
+        let line = br#"INFO {"big":2000222222222222222222222222222222222222222222222222222,"f":2.8e60,"s":"a\u00e9\/b","nonce":"n0-_","tls_required":true} "#;
+        let out = rewrite_info(
+            parse_info(line).unwrap(),
+            TlsAdvert::Required { verify: false },
+            true,
+        );
+        assert_eq!(
+            out,
+            br#"INFO {"big":2000222222222222222222222222222222222222222222222222222,"f":2.8e60,"s":"a\u00e9\/b","nonce":"n0-_","tls_required":true} "#
+                .iter()
+                .chain(b"\r\n")
+                .copied()
+                .collect::<Vec<u8>>()
+        );
+    }
+
+    #[test]
+    fn info_stays_one_line() {
+        let out = rewrite_info(
+            parse_info(b"INFO {\"a\":{\"b\":[1,\r\n2]}}").unwrap(),
+            TlsAdvert::None,
+            true,
+        );
+        assert_eq!(out, b"INFO {\"a\":{\"b\":[1,  2]}} \r\n");
     }
 
     #[test]

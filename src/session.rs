@@ -186,11 +186,7 @@ async fn establish(
         }
         Err(e) => return Err(Refusal::new(Reject::UpstreamUnavailable, e.to_string())),
     };
-    let nonce = upstream
-        .info
-        .get("nonce")
-        .and_then(|v| v.as_str())
-        .map(str::to_owned);
+    let nonce = upstream.info.str_field("nonce");
     let advert = match tls {
         None => TlsAdvert::None,
         Some(t) if t.required => TlsAdvert::Required { verify: t.verify },

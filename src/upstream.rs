@@ -7,14 +7,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rustls_pki_types::ServerName;
-use serde_json::{Map, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use crate::config::{ProxyProtocol, UpstreamConfig, UpstreamServer};
 use crate::metrics::Metrics;
-use crate::protocol;
+use crate::protocol::{self, Info};
 use crate::stream::Stream;
 
 /// The longest INFO line accepted from upstream. Large clusters advertise many `connect_urls`,
@@ -37,7 +36,7 @@ pub enum DialError {
 pub struct UpstreamConn {
     pub stream: Stream,
     /// The parsed INFO, nonce included, to rewrite for the client.
-    pub info: Map<String, Value>,
+    pub info: Info,
     /// Which configured server answered (index into `servers`).
     pub server: usize,
 }
@@ -160,7 +159,7 @@ impl Upstreams {
         &self,
         server: &UpstreamServer,
         client: Option<(SocketAddr, SocketAddr)>,
-    ) -> std::io::Result<(Stream, Map<String, Value>)> {
+    ) -> std::io::Result<(Stream, Info)> {
         let tcp = TcpStream::connect((server.host.as_str(), server.port)).await?;
         tcp.set_nodelay(true)?;
         let mut tcp = tcp;
@@ -180,10 +179,7 @@ impl Upstreams {
         }
         let line = read_info_line(&mut stream).await?;
         let info = protocol::parse_info(&line).map_err(invalid)?;
-        let wants_tls = info
-            .get("tls_required")
-            .and_then(Value::as_bool)
-            .unwrap_or(false);
+        let wants_tls = info.bool_field("tls_required").unwrap_or(false);
         if !stream.is_tls() {
             match &self.tls {
                 Some(t) if t.configured || wants_tls => {
