@@ -56,7 +56,7 @@ pub struct ConnectLine {
     /// Where the JSON argument sits inside the buffer.
     pub arg: Range<usize>,
     /// The parsed argument (always an object).
-    pub fields: Map<String, Value>,
+    pub fields: RawObject,
 }
 
 impl ConnectLine {
@@ -65,8 +65,7 @@ impl ConnectLine {
     pub fn client_identity(&self) -> ClientIdentity {
         let get = |k: &str| {
             self.fields
-                .get(k)
-                .and_then(Value::as_str)
+                .str_field(k)
                 .map(|s| s.chars().take(64).collect::<String>())
         };
         ClientIdentity {
@@ -138,16 +137,16 @@ pub fn scan_connect(
     if start == end {
         return Err(ConnectError::BadArgument("missing JSON object".into()));
     }
-    let fields = match serde_json::from_slice::<Value>(&buf[start..end]) {
-        Ok(Value::Object(m)) => m,
-        Ok(other) => {
-            return Err(ConnectError::BadArgument(format!(
-                "expected a JSON object, got {}",
-                json_kind(&other)
-            )))
-        }
-        Err(e) => return Err(ConnectError::BadArgument(format!("not valid JSON: {e}"))),
-    };
+    let arg = &buf[start..end];
+    if arg[0] != b'{' {
+        let what = match serde_json::from_slice::<Value>(arg) {
+            Ok(other) => format!("expected a JSON object, got {}", json_kind(&other)),
+            Err(e) => format!("not valid JSON: {e}"),
+        };
+        return Err(ConnectError::BadArgument(what));
+    }
+    let fields = serde_json::from_slice::<RawObject>(arg)
+        .map_err(|e| ConnectError::BadArgument(format!("not valid JSON: {e}")))?;
     Ok(Some(ConnectLine {
         line_len: nl + 1,
         arg: start..end,
@@ -166,15 +165,24 @@ fn json_kind(v: &Value) -> &'static str {
     }
 }
 
-/// Builds a CONNECT line with `proxy_sig` added (ADR-55 trusted proxy). Every other field is
-/// kept as the client sent it, in the client's order.
-pub fn connect_with_proxy_sig(fields: &Map<String, Value>, proxy_sig: &str) -> Vec<u8> {
-    let mut fields = fields.clone();
-    fields.insert("proxy_sig".into(), Value::String(proxy_sig.to_string()));
-    let mut out = b"CONNECT ".to_vec();
-    // Serializing a map of JSON values cannot fail.
-    out.extend_from_slice(&serde_json::to_vec(&fields).unwrap_or_default());
-    out.extend_from_slice(b"\r\n");
+/// Builds a CONNECT line with `proxy_sig` added (ADR-55 trusted proxy). The client's JSON text
+/// is kept byte for byte; the field is appended as the object's last member, so it also wins
+/// over any `proxy_sig` the client sent itself (nats-server, like Go's JSON decoder, takes the
+/// last of duplicate keys). `buf` and `line` come from [`scan_connect`]. `proxy_sig` is
+/// base64url, which needs no JSON escaping.
+pub fn connect_with_proxy_sig(buf: &[u8], line: &ConnectLine, proxy_sig: &str) -> Vec<u8> {
+    let arg = &buf[line.arg.clone()];
+    // scan_connect accepted only an object, so the text ends with `}`.
+    let body = arg.strip_suffix(b"}").unwrap_or(arg);
+    let mut out = Vec::with_capacity(arg.len() + proxy_sig.len() + 32);
+    out.extend_from_slice(b"CONNECT ");
+    out.extend_from_slice(body);
+    if !line.fields.is_empty() {
+        out.push(b',');
+    }
+    out.extend_from_slice(b"\"proxy_sig\":\"");
+    out.extend_from_slice(proxy_sig.as_bytes());
+    out.extend_from_slice(b"\"}\r\n");
     out
 }
 
@@ -187,15 +195,16 @@ pub enum InfoError {
     BadJson(String),
 }
 
-/// The upstream's INFO object, field by field, each value kept as the exact JSON text
-/// nats-server sent. Relaying it never re-encodes a value, so numbers, escapes and the nonce
-/// reach the client byte for byte, and field order is kept.
+/// A JSON object field by field, each value kept as its exact JSON text: the upstream's INFO
+/// and the client's CONNECT. Relaying never re-encodes a value, so numbers, escapes and the
+/// nonce pass byte for byte and field order is kept; and, like nats-server's own decoder, it
+/// checks values' syntax without converting them (a number too large for f64 is not an error).
 #[derive(Debug, Clone, Default)]
-pub struct Info {
+pub struct RawObject {
     fields: Vec<(String, Box<RawValue>)>,
 }
 
-impl Info {
+impl RawObject {
     /// Number of fields.
     pub fn len(&self) -> usize {
         self.fields.len()
@@ -287,8 +296,8 @@ impl Info {
 }
 
 /// Equal when the same fields hold the same JSON text, in the same order.
-impl PartialEq for Info {
-    fn eq(&self, other: &Info) -> bool {
+impl PartialEq for RawObject {
+    fn eq(&self, other: &RawObject) -> bool {
         self.fields.len() == other.fields.len()
             && self
                 .fields
@@ -298,25 +307,31 @@ impl PartialEq for Info {
     }
 }
 
-impl<'de> serde::Deserialize<'de> for Info {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Info, D::Error> {
+impl<'de> serde::Deserialize<'de> for RawObject {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<RawObject, D::Error> {
         struct Fields;
         impl<'de> serde::de::Visitor<'de> for Fields {
-            type Value = Info;
+            type Value = RawObject;
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str("a JSON object")
             }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Info, A::Error> {
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<RawObject, A::Error> {
                 let mut fields = Vec::with_capacity(map.size_hint().unwrap_or(16));
                 while let Some(entry) = map.next_entry::<String, Box<RawValue>>()? {
                     fields.push(entry);
                 }
-                Ok(Info { fields })
+                Ok(RawObject { fields })
             }
         }
         d.deserialize_map(Fields)
     }
 }
+
+/// The upstream's INFO object.
+pub type Info = RawObject;
 
 /// Parses `INFO {json} \r\n` (the terminator may be present or already stripped).
 pub fn parse_info(line: &[u8]) -> Result<Info, InfoError> {
@@ -868,13 +883,18 @@ mod tests {
 
     #[test]
     fn proxy_sig_is_added() {
-        let c = scan_connect(b"CONNECT {\"user\":\"u\",\"verbose\":false}\r\n", MAX)
-            .unwrap()
-            .unwrap();
-        let out = connect_with_proxy_sig(&c.fields, "SIG");
+        let buf = b"connect { \"user\":\"u\", \"n\":1e400 }\r\nPING\r\n";
+        let c = scan_connect(buf, MAX).unwrap().unwrap();
+        let out = connect_with_proxy_sig(buf, &c, "SIG");
         assert_eq!(
             out,
-            b"CONNECT {\"user\":\"u\",\"verbose\":false,\"proxy_sig\":\"SIG\"}\r\n"
+            b"CONNECT { \"user\":\"u\", \"n\":1e400 ,\"proxy_sig\":\"SIG\"}\r\n"
+        );
+        let buf = b"CONNECT {}\n";
+        let c = scan_connect(buf, MAX).unwrap().unwrap();
+        assert_eq!(
+            connect_with_proxy_sig(buf, &c, "S"),
+            b"CONNECT {\"proxy_sig\":\"S\"}\r\n"
         );
     }
 }

@@ -276,7 +276,7 @@ async fn establish(
         (Some(kp), Some(nonce)) => match kp.sign(nonce.as_bytes()) {
             Ok(sig) => {
                 let sig = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sig);
-                protocol::connect_with_proxy_sig(&line.fields, &sig)
+                protocol::connect_with_proxy_sig(&buf, &line, &sig)
             }
             Err(_) => buf[..line.line_len].to_vec(),
         },

@@ -544,7 +544,9 @@ async fn connect_with_deeply_nested_objects() {
     let line = format!("CONNECT {}\r\n", "{\"a\":".repeat(700));
     refused(
         line.as_bytes(),
-        &invalid_args("not valid JSON: recursion limit exceeded at line 1 column 636"),
+        // 700 unclosed levels: the nesting is followed, not limited, so the end of the line is
+        // where it fails (values are checked without being built, as nats-server does).
+        &invalid_args("not valid JSON: EOF while parsing a value at line 1 column 3500"),
         "protocol",
     )
     .await;
@@ -555,7 +557,7 @@ async fn connect_with_a_nul_byte_inside_a_string() {
     refused(
         b"CONNECT {\"name\":\"a\x00b\"}\r\n",
         &invalid_args(
-            "not valid JSON: control character (\\u0000-\\u001F) found while parsing a string at line 1 column 11",
+            "not valid JSON: control character (\\u0000-\\u001F) found while parsing a string at line 1 column 10",
         ),
         "protocol",
     )
