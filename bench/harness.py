@@ -7,7 +7,7 @@ runs one loadgen scenario against them and stops them. Within each round the tar
 scenario run in a rotating order; ratios are taken against direct from the same round, and
 the table shows medians with min-max over the rounds.
 
-Environment: ROUNDS (default 5), QUICK=1 (smaller counts), ONLY=<comma list of row ids>,
+Environment: ROUNDS (default 9), QUICK=1 (smaller counts), ONLY=<comma list of row ids>,
 BENCH_OUT (directory for logs and raw results; default a temp dir), NATS_SERVER (binary),
 NATSGATE (binary), LOADGEN (binary), CERTS (directory with ca.pem, server.pem, server-key.pem,
 server-combined.pem).
@@ -25,7 +25,7 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ROUNDS = int(os.environ.get("ROUNDS", "5"))
+ROUNDS = int(os.environ.get("ROUNDS", "9"))
 QUICK = os.environ.get("QUICK", "") not in ("", "0")
 ONLY = [x for x in os.environ.get("ONLY", "").split(",") if x]
 OUT = os.environ.get("BENCH_OUT") or tempfile.mkdtemp(prefix="natsgate-bench-")

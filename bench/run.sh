@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # natsgate benchmarks: direct nats-server vs natsgate vs HAProxy, interleaved rounds.
 #
-#   bench/run.sh                      # full run: ROUNDS=5 (about 15 minutes on 2 cores)
+#   bench/run.sh                      # full run: ROUNDS=9 (about 7 minutes on 2 cores)
 #   ROUNDS=3 QUICK=1 bench/run.sh     # quick run: smaller counts
 #   ONLY=pub16k,req bench/run.sh      # some rows only (ids in bench/harness.py ROWS)
 #
