@@ -65,12 +65,40 @@ pub struct Outcome {
 pub async fn relay(
     client: Stream,
     upstream: Stream,
-    mut server: ServerStream,
+    server: ServerStream,
     metrics: &Metrics,
     stop: &CancellationToken,
 ) -> Outcome {
-    let (mut cr, mut cw) = tokio::io::split(client);
-    let (mut ur, mut uw) = tokio::io::split(upstream);
+    match (client, upstream) {
+        // Plain on both sides (the common sidecar case): borrowed halves, no lock per poll.
+        (Stream::Plain(mut c), Stream::Plain(mut u)) => {
+            let (cr, cw) = c.split();
+            let (ur, uw) = u.split();
+            relay_halves(cr, cw, ur, uw, server, metrics, stop).await
+        }
+        (client, upstream) => {
+            let (cr, cw) = tokio::io::split(client);
+            let (ur, uw) = tokio::io::split(upstream);
+            relay_halves(cr, cw, ur, uw, server, metrics, stop).await
+        }
+    }
+}
+
+async fn relay_halves<CR, CW, UR, UW>(
+    mut cr: CR,
+    mut cw: CW,
+    mut ur: UR,
+    mut uw: UW,
+    mut server: ServerStream,
+    metrics: &Metrics,
+    stop: &CancellationToken,
+) -> Outcome
+where
+    CR: AsyncRead + Unpin,
+    CW: AsyncWrite + Unpin,
+    UR: AsyncRead + Unpin,
+    UW: AsyncWrite + Unpin,
+{
     let mut c2u = 0u64;
     let mut u2c = 0u64;
     let mut verdict: Option<Verdict> = None;
@@ -106,7 +134,8 @@ pub async fn relay(
         let mut up_done = false;
         let mut down_done = false;
         let grace = tokio::time::sleep(Duration::from_secs(86_400));
-        tokio::pin!(grace);
+        let stopped = stop.cancelled();
+        tokio::pin!(grace, stopped);
         loop {
             tokio::select! {
                 r = &mut up, if !up_done => match r {
@@ -123,7 +152,7 @@ pub async fn relay(
                     }
                 },
                 _ = &mut grace, if down_done => break RelayEnd::UpstreamClosed,
-                _ = stop.cancelled() => break RelayEnd::Shutdown,
+                _ = &mut stopped => break RelayEnd::Shutdown,
             }
         }
     };

@@ -48,6 +48,13 @@ impl Refusal {
         }
     }
 
+    /// Keeps the client socket until the refusal is counted and logged, so that anyone who
+    /// sees the close also sees the metric.
+    fn closing(mut self, client: Stream) -> Refusal {
+        self.client = Some(client);
+        self
+    }
+
     fn reply(mut self, client: Stream, bytes: impl Into<Vec<u8>>) -> Refusal {
         self.client = Some(client);
         self.reply = Some(bytes.into());
@@ -184,7 +191,9 @@ async fn establish(
                     .reply(client, protocol::ERR_AUTH_TIMEOUT),
             )
         }
-        Err(e) => return Err(Refusal::new(Reject::UpstreamUnavailable, e.to_string())),
+        Err(e) => {
+            return Err(Refusal::new(Reject::UpstreamUnavailable, e.to_string()).closing(client))
+        }
     };
     let nonce = upstream.info.str_field("nonce");
     let advert = match tls {
@@ -198,12 +207,14 @@ async fn establish(
     // 3. INFO to the client.
     match timeout_at(deadline, write_flush(&mut client, &info)).await {
         Ok(Ok(())) => {}
-        Ok(Err(e)) => return Err(Refusal::new(Reject::Protocol, format!("writing INFO: {e}"))),
+        Ok(Err(e)) => {
+            return Err(Refusal::new(Reject::Protocol, format!("writing INFO: {e}")).closing(client))
+        }
         Err(_) => {
-            return Err(Refusal::new(
-                Reject::AuthTimeout,
-                "window closed while writing INFO",
-            ));
+            return Err(
+                Refusal::new(Reject::AuthTimeout, "window closed while writing INFO")
+                    .closing(client),
+            );
         }
     }
 
@@ -223,7 +234,11 @@ async fn establish(
                     .reply(client, protocol::ERR_TLS_REQUIRED));
                 }
                 Ok(_) => {}
-                Err(e) => return Err(Refusal::new(Reject::Protocol, format!("reading: {e}"))),
+                Err(e) => {
+                    return Err(
+                        Refusal::new(Reject::Protocol, format!("reading: {e}")).closing(client)
+                    )
+                }
             }
         }
     }
@@ -250,17 +265,15 @@ async fn establish(
         }
         match timeout_at(deadline, client.read_buf(&mut buf)).await {
             Ok(Ok(0)) => {
-                return Err(Refusal::new(
-                    Reject::Protocol,
-                    "client closed before CONNECT",
-                ));
+                return Err(
+                    Refusal::new(Reject::Protocol, "client closed before CONNECT").closing(client),
+                );
             }
             Ok(Ok(_)) => {}
             Ok(Err(e)) => {
-                return Err(Refusal::new(
-                    Reject::Protocol,
-                    format!("reading CONNECT: {e}"),
-                ))
+                return Err(
+                    Refusal::new(Reject::Protocol, format!("reading CONNECT: {e}")).closing(client),
+                )
             }
             Err(_) => {
                 return Err(
