@@ -89,7 +89,7 @@ async fn run(config: Config) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let listener = match tokio::net::TcpListener::bind(bind).await {
+    let listener = match listen(bind) {
         Ok(l) => l,
         Err(e) => {
             tracing::error!("cannot listen on {bind}: {e}");
@@ -109,6 +109,19 @@ async fn run(config: Config) -> ExitCode {
     gateway.run(listener, Some(admin), shutdown_signal()).await;
     tracing::info!("natsgate stopped");
     ExitCode::SUCCESS
+}
+
+/// The client listener, with nats-server's backlog (4096) rather than tokio's 1024, so a
+/// connect storm queues in the kernel instead of costing clients a 1 s SYN retransmit.
+fn listen(bind: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if bind.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(bind)?;
+    socket.listen(4096)
 }
 
 async fn shutdown_signal() {

@@ -195,7 +195,11 @@ async fn establish(
             return Err(Refusal::new(Reject::UpstreamUnavailable, e.to_string()).closing(client))
         }
     };
-    let nonce = upstream.info.str_field("nonce");
+    // Only ADR-55 signing needs the nonce later; a pending connection keeps nothing it need not.
+    let nonce = shared
+        .signer
+        .as_ref()
+        .and_then(|_| upstream.info.str_field("nonce"));
     let advert = match tls {
         None => TlsAdvert::None,
         Some(t) if t.required => TlsAdvert::Required { verify: t.verify },
@@ -217,6 +221,8 @@ async fn establish(
             );
         }
     }
+    let info_len = info.len();
+    drop(info);
 
     // 4. Classic TLS: the client upgrades after INFO.
     if let Some(t) = tls {
@@ -296,10 +302,7 @@ async fn establish(
         _ => buf[..line.line_len].to_vec(),
     };
     forward.extend_from_slice(&buf[line.line_len..]);
-    shared
-        .metrics
-        .upstream_to_client
-        .increment(info.len() as u64);
+    shared.metrics.upstream_to_client.increment(info_len as u64);
     shared
         .metrics
         .client_to_upstream
@@ -324,7 +327,7 @@ async fn establish(
     }
     Ok(Ready {
         identity: line.client_identity(),
-        info_len: info.len(),
+        info_len,
         advert,
         forwarded: forward.len(),
         client,
