@@ -297,24 +297,6 @@ async fn assert_gauges_zero(proxy: &Proxy) {
     }
 }
 
-/// Reads until the peer closes; returns the bytes and whether it closed within `limit` (EOF or
-/// a reset both count as closed).
-async fn read_until_closed(s: &mut TcpStream, limit: Duration) -> (Vec<u8>, bool) {
-    let mut out = Vec::new();
-    let mut buf = [0u8; 4096];
-    let closed = tokio::time::timeout(limit, async {
-        loop {
-            match s.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => out.extend_from_slice(&buf[..n]),
-            }
-        }
-    })
-    .await
-    .is_ok();
-    (out, closed)
-}
-
 /// SO_LINGER 0, so that dropping the socket sends RST instead of FIN (it never blocks with 0).
 trait ResetOnClose {
     fn reset_on_close(&self);

@@ -17,23 +17,6 @@ use tokio::net::{TcpListener, TcpStream};
 // Helpers.
 // ---------------------------------------------------------------------------------------------
 
-/// Reads until the peer closes; the bytes and whether the close came within `limit`.
-async fn read_until_closed(s: &mut TcpStream, limit: Duration) -> (Vec<u8>, bool) {
-    let mut out = Vec::new();
-    let mut buf = [0u8; 4096];
-    let closed = tokio::time::timeout(limit, async {
-        loop {
-            match s.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => out.extend_from_slice(&buf[..n]),
-            }
-        }
-    })
-    .await
-    .is_ok();
-    (out, closed)
-}
-
 /// A client through natsgate that completed CONNECT and got PONG.
 async fn established(proxy: &Proxy) -> TcpStream {
     let (mut s, info) = raw_connect(proxy.addr).await;

@@ -253,18 +253,25 @@ pub async fn read_line(s: &mut TcpStream) -> String {
 
 /// Reads everything until the peer closes (or errors), with a limit.
 pub async fn read_to_close(s: &mut TcpStream, limit: Duration) -> Vec<u8> {
+    read_until_closed(s, limit).await.0
+}
+
+/// Reads until the peer closes; returns the bytes and whether it closed within `limit` (EOF or
+/// a reset both count as closed).
+pub async fn read_until_closed(s: &mut TcpStream, limit: Duration) -> (Vec<u8>, bool) {
     let mut out = Vec::new();
     let mut buf = [0u8; 4096];
-    let _ = tokio::time::timeout(limit, async {
+    let closed = tokio::time::timeout(limit, async {
         loop {
             match s.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
+                Ok(0) | Err(_) => return,
                 Ok(n) => out.extend_from_slice(&buf[..n]),
             }
         }
     })
-    .await;
-    out
+    .await
+    .is_ok();
+    (out, closed)
 }
 
 /// Whether the peer has closed: a read returns EOF or an error within `limit`.
