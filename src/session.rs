@@ -130,6 +130,10 @@ pub async fn serve(
             outcome.client_to_upstream += ready.forwarded as u64;
             outcome.upstream_to_client += ready.info_len as u64;
             let id_fields = &ready.identity;
+            let error = match &outcome.end {
+                RelayEnd::Error(e) => e.to_string(),
+                _ => String::new(),
+            };
             tracing::info!(
                 conn = id,
                 peer = %peer,
@@ -141,11 +145,9 @@ pub async fn serve(
                 client_lang = id_fields.lang.as_deref().unwrap_or(""),
                 client_version = id_fields.version.as_deref().unwrap_or(""),
                 user = id_fields.user.as_deref().unwrap_or(""),
+                error = %error,
                 "connection closed"
             );
-            if let RelayEnd::Error(e) = &outcome.end {
-                tracing::debug!(conn = id, error = %e, "relay error");
-            }
         }
     }
 }
