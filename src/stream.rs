@@ -16,14 +16,6 @@ pub enum Stream {
 }
 
 impl Stream {
-    /// The TCP socket underneath, for addresses and socket options.
-    pub fn tcp(&self) -> &TcpStream {
-        match self {
-            Stream::Plain(s) => s,
-            Stream::Tls(s) => s.get_ref().0,
-        }
-    }
-
     pub fn is_tls(&self) -> bool {
         matches!(self, Stream::Tls(_))
     }
