@@ -248,11 +248,7 @@ impl Scene {
                 .find(|(r, _)| *r == reason)
                 .map(|(_, n)| *n)
                 .unwrap_or(0.0);
-            let got = metric(
-                &m,
-                "natsgate_connections_rejected_total",
-                &[("reason", reason)],
-            );
+            let got = common::rejected(&m, reason);
             assert_eq!(got, want, "rejected{{reason={reason}}}:\n{m}");
         }
         assert_gauges_zero(&proxy).await;
@@ -279,12 +275,8 @@ async fn assert_gauges_zero(proxy: &Proxy) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let m = proxy.metrics().await;
-        let pending = metric(&m, "natsgate_connections_active", &[("phase", "pending")]);
-        let established = metric(
-            &m,
-            "natsgate_connections_active",
-            &[("phase", "established")],
-        );
+        let pending = active(&m, "pending");
+        let established = active(&m, "established");
         let open = proxy.handle.open_connections();
         if pending == 0.0 && established == 0.0 && open == 0 {
             return;
@@ -1087,14 +1079,7 @@ async fn plaintext_where_tls_is_required_gets_tls_required() {
     assert!(closed);
     assert_eq!(show(&got), show(ERR_TLS_REQUIRED));
     let m = tls_proxy.metrics().await;
-    assert_eq!(
-        metric(
-            &m,
-            "natsgate_connections_rejected_total",
-            &[("reason", "tls_required")]
-        ),
-        1.0
-    );
+    assert_eq!(rejected(&m, "tls_required"), 1.0);
     assert_gauges_zero(&tls_proxy).await;
     // Upstream saw only the bystander's connections.
     assert_upstream_connections(&scene.nats, 2).await;
@@ -1399,7 +1384,7 @@ async fn five_thousand_silent_clients_do_not_slow_twenty_active_ones() {
     };
     let m = proxy.metrics().await;
     assert_eq!(
-        metric(&m, "natsgate_connections_active", &[("phase", "pending")]),
+        active(&m, "pending"),
         SILENT as f64,
         "every silent client is pending"
     );
@@ -1459,22 +1444,8 @@ async fn five_thousand_silent_clients_do_not_slow_twenty_active_ones() {
     drop(responder);
     assert_gauges_zero(&proxy).await;
     let m = proxy.metrics().await;
-    assert_eq!(
-        metric(
-            &m,
-            "natsgate_connections_rejected_total",
-            &[("reason", "limit")]
-        ),
-        0.0
-    );
-    assert_eq!(
-        metric(
-            &m,
-            "natsgate_connections_rejected_total",
-            &[("reason", "protocol")]
-        ),
-        SILENT as f64
-    );
+    assert_eq!(rejected(&m, "limit"), 0.0);
+    assert_eq!(rejected(&m, "protocol"), SILENT as f64);
 }
 
 // ---------------------------------------------------------------------------------------------

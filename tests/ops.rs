@@ -22,27 +22,12 @@ async fn client(
         .await
 }
 
-fn rejected(m: &str, reason: &str) -> f64 {
-    metric(
-        m,
-        "natsgate_connections_rejected_total",
-        &[("reason", reason)],
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_counter_moves_for_its_cause_only() {
     let nats = NatsServer::start("");
     let proxy = Proxy::start(&config_for(&[nats.url()], "0.3", "")).await;
     let m0 = proxy.metrics().await;
-    assert_eq!(
-        metric(
-            &m0,
-            "natsgate_connections_active",
-            &[("phase", "established")]
-        ),
-        0.0
-    );
+    assert_eq!(active(&m0, "established"), 0.0);
 
     // Three silent clients: exactly +3 auth_timeout, nothing else.
     let mut silent = Vec::new();
@@ -109,18 +94,8 @@ async fn each_counter_moves_for_its_cause_only() {
     let c = client(&proxy.url(), USER, PASS).await.unwrap();
     c.flush().await.unwrap();
     let m4 = proxy.metrics().await;
-    assert_eq!(
-        metric(
-            &m4,
-            "natsgate_connections_active",
-            &[("phase", "established")]
-        ),
-        1.0
-    );
-    assert_eq!(
-        metric(&m4, "natsgate_connections_active", &[("phase", "pending")]),
-        0.0
-    );
+    assert_eq!(active(&m4, "established"), 1.0);
+    assert_eq!(active(&m4, "pending"), 0.0);
     assert_eq!(auth(&m4, "accepted") - auth(&m3, "accepted"), 1.0);
     let bytes =
         |m: &str, d: &str| metric(m, "natsgate_transferred_bytes_total", &[("direction", d)]);
@@ -248,10 +223,7 @@ async fn pending_per_ip_limit_refuses_the_fourth_only_from_that_address() {
     assert_eq!(read_op(&mut other).await, "PONG\r\n");
     let m = proxy.metrics().await;
     assert_eq!(rejected(&m, "limit"), 1.0);
-    assert_eq!(
-        metric(&m, "natsgate_connections_active", &[("phase", "pending")]),
-        3.0
-    );
+    assert_eq!(active(&m, "pending"), 3.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

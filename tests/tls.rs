@@ -144,14 +144,7 @@ async fn plaintext_connect_where_tls_is_required_never_reaches_upstream() {
     assert!(!log.contains("CONNECT"), "upstream saw a CONNECT:\n{log}");
     assert!(!log.contains("marker-plain"), "{log}");
     let m = proxy.metrics().await;
-    assert_eq!(
-        metric(
-            &m,
-            "natsgate_connections_rejected_total",
-            &[("reason", "tls_required")]
-        ),
-        1.0
-    );
+    assert_eq!(rejected(&m, "tls_required"), 1.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -200,14 +193,7 @@ async fn mutual_tls_accepts_only_certificates_from_ca_file() {
         );
     }
     let m = proxy.metrics().await;
-    assert_eq!(
-        metric(
-            &m,
-            "natsgate_connections_rejected_total",
-            &[("reason", "tls_handshake")]
-        ),
-        2.0
-    );
+    assert_eq!(rejected(&m, "tls_handshake"), 2.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -29,25 +29,13 @@ async fn established(proxy: &Proxy) -> TcpStream {
     s
 }
 
-fn gauge(m: &str, phase: &str) -> f64 {
-    metric(m, "natsgate_connections_active", &[("phase", phase)])
-}
-
-fn rejected(m: &str, reason: &str) -> f64 {
-    metric(
-        m,
-        "natsgate_connections_rejected_total",
-        &[("reason", reason)],
-    )
-}
-
 async fn assert_nothing_open(handle: &natsgate::Handle) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let m = handle.render_metrics();
         let (p, e, o) = (
-            gauge(&m, "pending"),
-            gauge(&m, "established"),
+            active(&m, "pending"),
+            active(&m, "established"),
             handle.open_connections(),
         );
         if p == 0.0 && e == 0.0 && o == 0 {
@@ -243,7 +231,7 @@ async fn nats_killed_mid_stream_closes_every_client_promptly_and_leaks_nothing()
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
     let m = proxy.metrics().await;
-    assert_eq!(gauge(&m, "established"), 9.0);
+    assert_eq!(active(&m, "established"), 9.0);
 
     let killed = Instant::now();
     nats.stop();
@@ -267,8 +255,8 @@ async fn nats_killed_mid_stream_closes_every_client_promptly_and_leaks_nothing()
 
     assert_nothing_open(&proxy.handle).await;
     let m = proxy.metrics().await;
-    assert_eq!(gauge(&m, "pending"), 0.0);
-    assert_eq!(gauge(&m, "established"), 0.0);
+    assert_eq!(active(&m, "pending"), 0.0);
+    assert_eq!(active(&m, "established"), 0.0);
     assert_no_sockets(proxy.addr.port(), nats_port).await;
     let mut tasks = 0;
     for _ in 0..100 {
@@ -352,8 +340,8 @@ async fn nats_restarted_clients_reconnect_through_natsgate() {
         "request/reply after the restart (the subscription came back)"
     );
     let m = proxy.metrics().await;
-    assert_eq!(gauge(&m, "established"), 2.0, "{m}");
-    assert_eq!(gauge(&m, "pending"), 0.0);
+    assert_eq!(active(&m, "established"), 2.0, "{m}");
+    assert_eq!(active(&m, "pending"), 0.0);
     // The reconnected clients really are on the new server process.
     let connz = nats.monitor("/connz").await;
     assert_eq!(connz["num_connections"], 2, "{connz}");

@@ -359,6 +359,20 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     panic!("{name}{labels:?} not in the scrape:\n{text}")
 }
 
+/// `natsgate_connections_rejected_total{reason}` in a scrape.
+pub fn rejected(scrape: &str, reason: &str) -> f64 {
+    metric(
+        scrape,
+        "natsgate_connections_rejected_total",
+        &[("reason", reason)],
+    )
+}
+
+/// `natsgate_connections_active{phase}` in a scrape.
+pub fn active(scrape: &str, phase: &str) -> f64 {
+    metric(scrape, "natsgate_connections_active", &[("phase", phase)])
+}
+
 /// Polls `f` until it is true or `limit` passes.
 pub async fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     let start = Instant::now();
