@@ -88,8 +88,10 @@ pub async fn serve(
     let local = tcp.local_addr().unwrap_or(peer);
     let _ = tcp.set_nodelay(true);
 
+    // INFO bytes written to the client, for the close line of a refused connection too.
+    let mut info_sent = 0usize;
     let pending = tokio::select! {
-        r = establish(&shared, &config, tcp, peer, local, deadline) => r,
+        r = establish(&shared, &config, tcp, peer, local, deadline, &mut info_sent) => r,
         _ = shared.stop_pending.cancelled() => Err(Refusal::new(Reject::Shutdown, "natsgate is shutting down")),
     };
     match pending {
@@ -100,7 +102,7 @@ pub async fn serve(
                 peer = %peer,
                 duration_ms = accepted.elapsed().as_millis() as u64,
                 bytes_in = 0u64,
-                bytes_out = 0u64,
+                bytes_out = info_sent as u64,
                 reason = refusal.reason.as_str(),
                 detail = %refusal.detail,
                 "connection refused"
@@ -162,6 +164,7 @@ async fn establish(
     peer: SocketAddr,
     local: SocketAddr,
     deadline: tokio::time::Instant,
+    info_sent: &mut usize,
 ) -> Result<Ready, Refusal> {
     let tls = shared.client_tls.as_ref();
     // 1. TLS first, when configured (or detected).
@@ -225,6 +228,8 @@ async fn establish(
     }
     let info_len = info.len();
     drop(info);
+    *info_sent = info_len;
+    shared.metrics.upstream_to_client.increment(info_len as u64);
 
     // 4. Classic TLS: the client upgrades after INFO.
     if let Some(t) = tls {
@@ -304,7 +309,6 @@ async fn establish(
         _ => buf[..line.line_len].to_vec(),
     };
     forward.extend_from_slice(&buf[line.line_len..]);
-    shared.metrics.upstream_to_client.increment(info_len as u64);
     shared
         .metrics
         .client_to_upstream
