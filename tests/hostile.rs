@@ -317,21 +317,7 @@ async fn send_after_info(proxy: &Proxy, bytes: &[u8]) -> Vec<u8> {
     let write = async {
         let _ = tx.write_all(bytes).await;
     };
-    let read = async {
-        let mut out = Vec::new();
-        let mut buf = [0u8; 4096];
-        let closed = tokio::time::timeout(Duration::from_secs(5), async {
-            loop {
-                match rx.read(&mut buf).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => out.extend_from_slice(&buf[..n]),
-                }
-            }
-        })
-        .await
-        .is_ok();
-        (out, closed)
-    };
+    let read = read_until_closed(&mut rx, Duration::from_secs(5));
     let ((), (out, closed)) = tokio::join!(write, read);
     assert!(closed, "natsgate did not close after {:?}", show(&out));
     out

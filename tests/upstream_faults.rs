@@ -183,18 +183,6 @@ impl Drop for BareProxy {
     }
 }
 
-fn proxy_toml(servers: &[String], window: &str, connect_timeout: &str, extra: &str) -> String {
-    let servers = servers
-        .iter()
-        .map(|u| format!("\"{u}\""))
-        .collect::<Vec<_>>()
-        .join(", ");
-    format!(
-        "[listener]\nbind = \"127.0.0.1:0\"\n[authorization]\ntimeout = {window}\n\
-         [upstream]\nservers = [{servers}]\nconnect_timeout = {connect_timeout}\n{extra}"
-    )
-}
-
 // ---------------------------------------------------------------------------------------------
 // nats-server killed, restarted.
 // ---------------------------------------------------------------------------------------------
@@ -475,8 +463,13 @@ async fn one_of_three_members_hung_only_the_first_client_waits() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_without_info_the_window_still_holds() {
     let fake = fake_upstream(hold).await;
-    let proxy =
-        BareProxy::start(&proxy_toml(std::slice::from_ref(&fake.url), "0.5", "2", "")).await;
+    let proxy = BareProxy::start(&config_with_connect_timeout(
+        std::slice::from_ref(&fake.url),
+        "0.5",
+        "2",
+        "",
+    ))
+    .await;
     let started = Instant::now();
     let mut s = TcpStream::connect(proxy.addr).await.unwrap();
     let (got, closed) = read_until_closed(&mut s, Duration::from_secs(3)).await;
@@ -512,8 +505,13 @@ async fn upstream_without_info_the_window_still_holds() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_without_info_fails_at_connect_timeout() {
     let fake = fake_upstream(hold).await;
-    let proxy =
-        BareProxy::start(&proxy_toml(std::slice::from_ref(&fake.url), "3", "0.5", "")).await;
+    let proxy = BareProxy::start(&config_with_connect_timeout(
+        std::slice::from_ref(&fake.url),
+        "3",
+        "0.5",
+        "",
+    ))
+    .await;
     let started = Instant::now();
     let mut s = TcpStream::connect(proxy.addr).await.unwrap();
     let (got, closed) = read_until_closed(&mut s, Duration::from_secs(3)).await;
@@ -558,8 +556,13 @@ async fn malformed_info_is_an_upstream_error_and_the_next_server_serves() {
             hold(s).await;
         })
         .await;
-        let proxy =
-            BareProxy::start(&proxy_toml(&[fake.url.clone(), nats.url()], "2", "1", "")).await;
+        let proxy = BareProxy::start(&config_with_connect_timeout(
+            &[fake.url.clone(), nats.url()],
+            "2",
+            "1",
+            "",
+        ))
+        .await;
         let (mut s, info) = raw_connect(proxy.addr).await;
         assert!(
             !info.contains("FAKE"),
@@ -610,7 +613,13 @@ async fn malformed_info_from_the_only_upstream_closes_the_client() {
         hold(s).await;
     })
     .await;
-    let proxy = BareProxy::start(&proxy_toml(std::slice::from_ref(&fake.url), "2", "1", "")).await;
+    let proxy = BareProxy::start(&config_with_connect_timeout(
+        std::slice::from_ref(&fake.url),
+        "2",
+        "1",
+        "",
+    ))
+    .await;
     let started = Instant::now();
     let mut s = TcpStream::connect(proxy.addr).await.unwrap();
     let (got, closed) = read_until_closed(&mut s, Duration::from_secs(3)).await;
@@ -648,7 +657,13 @@ async fn oversized_info_is_cut_at_256_kib() {
         }
     })
     .await;
-    let proxy = BareProxy::start(&proxy_toml(std::slice::from_ref(&fake.url), "8", "5", "")).await;
+    let proxy = BareProxy::start(&config_with_connect_timeout(
+        std::slice::from_ref(&fake.url),
+        "8",
+        "5",
+        "",
+    ))
+    .await;
     let started = Instant::now();
     let mut s = TcpStream::connect(proxy.addr).await.unwrap();
     let (got, closed) = read_until_closed(&mut s, Duration::from_secs(7)).await;
@@ -717,7 +732,7 @@ async fn large_info_under_the_limit_is_relayed_whole() {
         }
     })
     .await;
-    let proxy = BareProxy::start(&proxy_toml(
+    let proxy = BareProxy::start(&config_with_connect_timeout(
         std::slice::from_ref(&fake.url),
         "2",
         "1",

@@ -213,6 +213,16 @@ impl Drop for Proxy {
 
 /// A minimal configuration in front of `upstream` with the given authorization timeout.
 pub fn config_for(upstreams: &[String], auth_timeout: &str, extra: &str) -> String {
+    config_with_connect_timeout(upstreams, auth_timeout, "1", extra)
+}
+
+/// [`config_for`] with a chosen `upstream.connect_timeout`.
+pub fn config_with_connect_timeout(
+    upstreams: &[String],
+    auth_timeout: &str,
+    connect_timeout: &str,
+    extra: &str,
+) -> String {
     let servers = upstreams
         .iter()
         .map(|u| format!("\"{u}\""))
@@ -220,7 +230,7 @@ pub fn config_for(upstreams: &[String], auth_timeout: &str, extra: &str) -> Stri
         .join(", ");
     format!(
         "[listener]\nbind = \"127.0.0.1:0\"\n[authorization]\ntimeout = {auth_timeout}\n\
-         [upstream]\nservers = [{servers}]\nconnect_timeout = 1\n{extra}"
+         [upstream]\nservers = [{servers}]\nconnect_timeout = {connect_timeout}\n{extra}"
     )
 }
 
@@ -258,7 +268,10 @@ pub async fn read_to_close(s: &mut TcpStream, limit: Duration) -> Vec<u8> {
 
 /// Reads until the peer closes; returns the bytes and whether it closed within `limit` (EOF or
 /// a reset both count as closed).
-pub async fn read_until_closed(s: &mut TcpStream, limit: Duration) -> (Vec<u8>, bool) {
+pub async fn read_until_closed<R: tokio::io::AsyncRead + Unpin>(
+    s: &mut R,
+    limit: Duration,
+) -> (Vec<u8>, bool) {
     let mut out = Vec::new();
     let mut buf = [0u8; 4096];
     let closed = tokio::time::timeout(limit, async {
