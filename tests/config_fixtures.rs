@@ -76,16 +76,21 @@ fn invalid_fixtures_name_the_key() {
     }
 }
 
+/// `natsgate --check-config --config <path>`.
+fn check_config(path: &Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_natsgate"))
+        .arg("--check-config")
+        .arg("--config")
+        .arg(path)
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn check_config_cli_agrees() {
     let bin = env!("CARGO_BIN_EXE_natsgate");
     for path in fixtures("valid") {
-        let out = Command::new(bin)
-            .arg("--check-config")
-            .arg("--config")
-            .arg(&path)
-            .output()
-            .unwrap();
+        let out = check_config(&path);
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(
             out.status.success(),
@@ -101,12 +106,7 @@ fn check_config_cli_agrees() {
     }
     for path in fixtures("invalid") {
         let key = expectation(&path, "expect-error-key").unwrap();
-        let out = Command::new(bin)
-            .arg("--check-config")
-            .arg("--config")
-            .arg(&path)
-            .output()
-            .unwrap();
+        let out = check_config(&path);
         assert!(!out.status.success(), "{} must fail", path.display());
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(
