@@ -14,15 +14,15 @@ use axum::routing::get;
 use axum::Router;
 use tokio::net::TcpListener;
 
-use crate::Shared;
+use crate::shared::Shared;
 
 /// An upstream must have accepted a connection this recently for `/readyz` to pass.
-pub const READY_WINDOW: Duration = Duration::from_secs(10);
+pub(crate) const READY_WINDOW: Duration = Duration::from_secs(10);
 /// When no client connection has reached upstream for this long, a probe dials it.
 const PROBE_AFTER: Duration = Duration::from_secs(3);
 
 /// Serves the admin endpoints until `stop` fires.
-pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
+pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener) {
     let stop = shared.stop_all.clone();
     let app = Router::new()
         .route("/metrics", get(metrics))
@@ -71,7 +71,7 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
 
 /// Keeps readiness honest while no clients connect: dials upstream (with a PROXY v2 LOCAL
 /// header when PROXY protocol is on) whenever nothing has reached it for a while.
-pub async fn probe_upstream(shared: Arc<Shared>) {
+pub(crate) async fn probe_upstream(shared: Arc<Shared>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tick.tick().await;

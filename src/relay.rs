@@ -14,12 +14,12 @@ use crate::stream::Stream;
 /// Per-direction buffer to start with: enough for any burst of small messages, and cheap for
 /// the many connections that never carry bulk (it is not zeroed, so untouched pages cost no
 /// memory).
-pub const BUFFER_START: usize = 16 * 1024;
+pub(crate) const BUFFER_START: usize = 16 * 1024;
 /// The largest per-direction buffer. A buffer doubles each time one read fills it, so a bulk
 /// publisher moves 256 KiB per syscall pair (32 KiB measured 0.72 of direct on 16 KiB
 /// publishes, growing to 256 KiB 0.79; see BENCHMARKS.md), while an established connection
 /// still costs a bounded, known amount of memory.
-pub const BUFFER_SIZE: usize = 256 * 1024;
+pub(crate) const BUFFER_SIZE: usize = 256 * 1024;
 
 /// Once upstream has closed, how long the client may keep its side open before natsgate
 /// closes it (nats-server never half-closes on purpose; this bounds a client that ignores FIN).
@@ -33,7 +33,7 @@ pub const WRITE_STALL_LIMIT: Duration = Duration::from_secs(30);
 
 /// How the relay ended.
 #[derive(Debug)]
-pub enum RelayEnd {
+pub(crate) enum RelayEnd {
     ClientClosed,
     UpstreamClosed,
     Error(std::io::Error),
@@ -42,7 +42,7 @@ pub enum RelayEnd {
 }
 
 impl RelayEnd {
-    pub fn as_str(&self) -> &'static str {
+    pub(crate) fn as_str(&self) -> &'static str {
         match self {
             RelayEnd::ClientClosed => "client_closed",
             RelayEnd::UpstreamClosed => "upstream_closed",
@@ -54,15 +54,15 @@ impl RelayEnd {
 
 /// Totals for the close log line.
 #[derive(Debug)]
-pub struct Outcome {
-    pub client_to_upstream: u64,
-    pub upstream_to_client: u64,
-    pub end: RelayEnd,
+pub(crate) struct Outcome {
+    pub(crate) client_to_upstream: u64,
+    pub(crate) upstream_to_client: u64,
+    pub(crate) end: RelayEnd,
 }
 
 /// Relays until both sides are done (or one fails, or `stop` fires). Both sockets are closed
 /// when this returns, because it owns them.
-pub async fn relay(
+pub(crate) async fn relay(
     client: Stream,
     upstream: Stream,
     server: ServerStream,

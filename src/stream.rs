@@ -1,5 +1,8 @@
 //! One socket, plaintext or TLS, behind a single type so the session and the relay do not care
 //! which (client side: classic, TLS-first or plaintext; upstream side: plain or upgraded).
+//!
+//! Generic over the transport so the pending phase runs over `tokio::io::duplex` in unit tests;
+//! production uses `TcpStream`, the default.
 
 use std::io;
 use std::pin::Pin;
@@ -9,19 +12,36 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 /// A connection to a client or to upstream.
-pub enum Stream {
-    Plain(TcpStream),
+pub(crate) enum Stream<S = TcpStream> {
+    Plain(S),
     /// Boxed: a TLS session is large and most of a pending connection's life is spent plain.
-    Tls(Box<tokio_rustls::TlsStream<TcpStream>>),
+    Tls(Box<tokio_rustls::TlsStream<S>>),
 }
 
-impl Stream {
-    pub fn is_tls(&self) -> bool {
+impl<S> Stream<S> {
+    pub(crate) fn is_tls(&self) -> bool {
         matches!(self, Stream::Tls(_))
     }
 }
 
-impl AsyncRead for Stream {
+/// A transport that can show its first unread byte without consuming it: the TLS-first
+/// detection and the classic-TLS upgrade look at it before deciding who reads the socket.
+pub(crate) trait PeekByte: AsyncRead + AsyncWrite + Unpin + Send {
+    /// The next byte the peer sent, left unread; `None` if the peer closed.
+    fn peek_byte(&mut self) -> impl std::future::Future<Output = io::Result<Option<u8>>> + Send;
+}
+
+impl PeekByte for TcpStream {
+    async fn peek_byte(&mut self) -> io::Result<Option<u8>> {
+        let mut b = [0u8; 1];
+        Ok(match self.peek(&mut b).await? {
+            0 => None,
+            _ => Some(b[0]),
+        })
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Stream<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -34,7 +54,7 @@ impl AsyncRead for Stream {
     }
 }
 
-impl AsyncWrite for Stream {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Stream<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,

@@ -36,7 +36,7 @@ fn file_err(path: &Path, what: impl Into<String>) -> TlsError {
 }
 
 /// The crypto provider every config uses.
-pub fn provider() -> Arc<CryptoProvider> {
+pub(crate) fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
@@ -44,7 +44,7 @@ const VERSIONS: &[&rustls::SupportedProtocolVersion] =
     &[&rustls::version::TLS13, &rustls::version::TLS12];
 
 /// Reads every certificate in a PEM file (a chain: leaf first).
-pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+pub(crate) fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let bytes = std::fs::read(path).map_err(|e| file_err(path, format!("cannot read: {e}")))?;
     let certs = CertificateDer::pem_slice_iter(&bytes)
         .collect::<Result<Vec<_>, _>>()
@@ -56,7 +56,7 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError>
 }
 
 /// Reads a private key: PKCS#8, PKCS#1 (RSA) or SEC1 (EC).
-pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+pub(crate) fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     let bytes = std::fs::read(path).map_err(|e| file_err(path, format!("cannot read: {e}")))?;
     PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| {
         file_err(
@@ -78,7 +78,10 @@ fn load_roots(path: &Path) -> Result<Arc<RootCertStore>, TlsError> {
 
 /// Loads a certificate/key pair and checks it: the key must match the leaf, and the leaf must
 /// be within its validity period. Returns the pair and the leaf's notAfter.
-pub fn load_pair(cert: &Path, key: &Path) -> Result<(Arc<CertifiedKey>, SystemTime), TlsError> {
+pub(crate) fn load_pair(
+    cert: &Path,
+    key: &Path,
+) -> Result<(Arc<CertifiedKey>, SystemTime), TlsError> {
     let chain = load_certs(cert)?;
     let not_after = leaf_not_after(cert, &chain[0])?;
     if not_after < SystemTime::now() {
@@ -104,7 +107,7 @@ fn leaf_not_after(path: &Path, leaf: &CertificateDer<'_>) -> Result<SystemTime, 
 /// The served certificate, swappable while handshakes run. Established connections keep the
 /// key they negotiated with; new handshakes pick up whatever is current.
 #[derive(Debug)]
-pub struct CertStore {
+pub(crate) struct CertStore {
     current: ArcSwap<CertifiedKey>,
     cert_file: PathBuf,
     key_file: PathBuf,
@@ -120,7 +123,7 @@ impl ResolvesServerCert for CertStore {
 
 impl CertStore {
     /// Loads the pair; fails (naming the file) if it is unusable.
-    pub fn load(
+    pub(crate) fn load(
         cert_file: &Path,
         key_file: &Path,
         metrics: &Metrics,
@@ -141,7 +144,7 @@ impl CertStore {
 
     /// Re-reads the files if they changed. A broken new pair keeps the old one in service and
     /// is logged as an error. Returns whether a new pair was installed.
-    pub fn reload_if_changed(&self, metrics: &Metrics) -> bool {
+    pub(crate) fn reload_if_changed(&self, metrics: &Metrics) -> bool {
         let now = (
             std::fs::read(&self.cert_file).unwrap_or_default(),
             std::fs::read(&self.key_file).unwrap_or_default(),
@@ -168,7 +171,7 @@ impl CertStore {
     }
 
     /// The directories to watch (Kubernetes swaps a `..data` symlink inside them).
-    pub fn watch_dirs(&self) -> Vec<PathBuf> {
+    pub(crate) fn watch_dirs(&self) -> Vec<PathBuf> {
         let mut dirs: Vec<PathBuf> = [&self.cert_file, &self.key_file]
             .iter()
             .map(|p| {
@@ -184,7 +187,7 @@ impl CertStore {
 
 /// The client-side server config: the reloadable certificate, and client-certificate
 /// verification when `ca_file` is set.
-pub fn server_config(
+pub(crate) fn server_config(
     cfg: &TlsConfig,
     certs: Arc<CertStore>,
 ) -> Result<Arc<ServerConfig>, TlsError> {
@@ -208,7 +211,9 @@ pub fn server_config(
 }
 
 /// The upstream client config from `[upstream.tls]`.
-pub fn upstream_client_config(cfg: &UpstreamTlsConfig) -> Result<Arc<ClientConfig>, TlsError> {
+pub(crate) fn upstream_client_config(
+    cfg: &UpstreamTlsConfig,
+) -> Result<Arc<ClientConfig>, TlsError> {
     let builder = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(VERSIONS)
         .map_err(|e| TlsError::Rustls(e.to_string()))?;
@@ -233,7 +238,7 @@ pub fn upstream_client_config(cfg: &UpstreamTlsConfig) -> Result<Arc<ClientConfi
 
 /// Keeps the certificate current: inotify on the certificate directories, a poll as fallback.
 /// Runs until the task is dropped.
-pub async fn watch(certs: Arc<CertStore>, metrics: Arc<Metrics>, poll: Duration) {
+pub(crate) async fn watch(certs: Arc<CertStore>, metrics: Arc<Metrics>, poll: Duration) {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
     // The watcher lives as long as this future; events only nudge a re-check.
     let _watcher = {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rustls_pki_types::ServerName;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
@@ -18,14 +18,14 @@ use crate::stream::Stream;
 
 /// The longest INFO line accepted from upstream. Large clusters advertise many `connect_urls`,
 /// so this is far above a client's `max_control_line`, yet it still bounds memory.
-pub const MAX_INFO_LINE: usize = 256 * 1024;
+pub(crate) const MAX_INFO_LINE: usize = 256 * 1024;
 
 /// How long a server that failed is tried only after the others.
 const DOWN_BACKOFF: Duration = Duration::from_secs(5);
 
 /// Why no upstream connection could be made.
 #[derive(Debug, thiserror::Error)]
-pub enum DialError {
+pub(crate) enum DialError {
     #[error("no upstream server answered ({0})")]
     Unavailable(String),
     #[error("the authorization window closed while dialing upstream")]
@@ -33,29 +33,50 @@ pub enum DialError {
 }
 
 /// A connected upstream that has sent its INFO.
-pub struct UpstreamConn {
-    pub stream: Stream,
+pub(crate) struct UpstreamConn<U = Stream> {
+    pub(crate) stream: U,
     /// The parsed INFO, nonce included, to rewrite for the client.
-    pub info: Info,
-    /// Which configured server answered (index into `servers`).
-    pub server: usize,
+    pub(crate) info: Info,
 }
 
-/// Upstream TLS settings, built once from `[upstream.tls]` (or a default trust store when the
-/// upstream asks for TLS without that section being present).
+/// What the pending phase needs from upstream: a connection that has already sent its INFO.
+/// [`Upstreams`] dials the real cluster; unit tests dial an in-memory peer.
+pub(crate) trait Dial: Sync {
+    /// The upstream socket handed to the relay.
+    type Io: AsyncRead + AsyncWrite + Unpin + Send;
+
+    /// Dials before `deadline`; `client` is `(source, destination)` for the PROXY header.
+    fn dial(
+        &self,
+        deadline: tokio::time::Instant,
+        client: Option<(SocketAddr, SocketAddr)>,
+    ) -> impl std::future::Future<Output = Result<UpstreamConn<Self::Io>, DialError>> + Send;
+}
+
+impl Dial for Upstreams {
+    type Io = Stream;
+
+    fn dial(
+        &self,
+        deadline: tokio::time::Instant,
+        client: Option<(SocketAddr, SocketAddr)>,
+    ) -> impl std::future::Future<Output = Result<UpstreamConn, DialError>> + Send {
+        Upstreams::dial(self, deadline, client)
+    }
+}
+
+/// Upstream TLS settings, built once from `[upstream.tls]`.
 #[derive(Clone)]
-pub struct UpstreamTls {
-    pub connector: TlsConnector,
+pub(crate) struct UpstreamTls {
+    pub(crate) connector: TlsConnector,
     /// Overrides the name checked against the upstream certificate.
-    pub server_name: Option<String>,
+    pub(crate) server_name: Option<String>,
     /// The upstream runs nats-server with `handshake_first`.
-    pub handshake_first: bool,
-    /// Whether `[upstream.tls]` was configured (always upgrade) or not (upgrade only on request).
-    pub configured: bool,
+    pub(crate) handshake_first: bool,
 }
 
 /// The upstream servers and the dialing policy. Shared by every connection.
-pub struct Upstreams {
+pub(crate) struct Upstreams {
     servers: Vec<UpstreamServer>,
     connect_timeout: Duration,
     proxy_protocol: ProxyProtocol,
@@ -71,7 +92,11 @@ pub struct Upstreams {
 }
 
 impl Upstreams {
-    pub fn new(cfg: &UpstreamConfig, tls: Option<UpstreamTls>, metrics: Arc<Metrics>) -> Upstreams {
+    pub(crate) fn new(
+        cfg: &UpstreamConfig,
+        tls: Option<UpstreamTls>,
+        metrics: Arc<Metrics>,
+    ) -> Upstreams {
         Upstreams {
             servers: cfg.servers.clone(),
             connect_timeout: cfg.connect_timeout,
@@ -90,7 +115,7 @@ impl Upstreams {
     }
 
     /// Time since an upstream last answered, if one ever has.
-    pub fn since_last_success(&self) -> Option<Duration> {
+    pub(crate) fn since_last_success(&self) -> Option<Duration> {
         match self.last_ok.load(Ordering::Relaxed) {
             0 => None,
             t => Some(Duration::from_millis(self.now_ms().saturating_sub(t))),
@@ -112,7 +137,7 @@ impl Upstreams {
     /// Dials servers in turn until one answers with INFO within `connect_timeout`, never past
     /// `deadline`. `client` and `local` are the addresses for the PROXY header; `None` sends a
     /// v2 LOCAL header (used by health probes).
-    pub async fn dial(
+    pub(crate) async fn dial(
         &self,
         deadline: tokio::time::Instant,
         client: Option<(SocketAddr, SocketAddr)>,
@@ -133,11 +158,7 @@ impl Upstreams {
                         .record(started.elapsed().as_secs_f64());
                     self.down_until[i].store(0, Ordering::Relaxed);
                     self.last_ok.store(self.now_ms(), Ordering::Relaxed);
-                    return Ok(UpstreamConn {
-                        stream,
-                        info,
-                        server: i,
-                    });
+                    return Ok(UpstreamConn { stream, info });
                 }
                 Ok(Err(e)) => last_err = format!("{server}: {e}"),
                 Err(_) if limit == deadline => return Err(DialError::Deadline),
@@ -182,9 +203,7 @@ impl Upstreams {
         let wants_tls = info.bool_field("tls_required").unwrap_or(false);
         if !stream.is_tls() {
             match &self.tls {
-                Some(t) if t.configured || wants_tls => {
-                    stream = self.upgrade(stream, server, t).await?
-                }
+                Some(t) => stream = self.upgrade(stream, server, t).await?,
                 None if wants_tls => {
                     return Err(invalid(
                         "upstream requires TLS; configure [upstream.tls] with its CA",

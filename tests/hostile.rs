@@ -1182,7 +1182,7 @@ async fn slow_consumer_closed_upstream_is_closed_by_natsgate_too() {
     assert_upstream_connections(&scene.nats, 3).await;
     // ...and natsgate must let go of the client within a bounded time (bystander 2 +
     // publisher): its relay is stuck writing to the client, so this is the write-stall limit.
-    let limit = natsgate::relay::WRITE_STALL_LIMIT + Duration::from_secs(5);
+    let limit = natsgate::WRITE_STALL_LIMIT + Duration::from_secs(5);
     let closed = eventually(limit, || scene.proxy.handle.open_connections() == 3).await;
     assert!(
         closed,

@@ -1,0 +1,164 @@
+//! One client connection from accept to its end: the pending phase ([`Pending`], inside the
+//! authorization window), then the relay, then one log line.
+//!
+//! Shutdown drops the pending phase's future; the socket stays with [`Pending`], which is
+//! counted and logged before it closes, so anyone who sees the close also sees the metric.
+
+mod pending;
+mod refusal;
+#[cfg(test)]
+mod tests;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::limits::Admission;
+use crate::protocol;
+use crate::relay::{self, RelayEnd};
+use crate::shared::Shared;
+use crate::stream::Stream;
+pub(crate) use pending::{Established, Pending};
+pub(crate) use refusal::Refusal;
+
+/// How long a refused client gets to read its `-ERR` before the socket is closed: closing with
+/// unread input pending makes the kernel send RST, which can destroy the `-ERR` in flight.
+const LINGER: Duration = Duration::from_millis(250);
+
+/// Serves one accepted connection to its end. Never panics on client or upstream input.
+pub(crate) async fn serve(
+    shared: Arc<Shared>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    mut admission: Admission,
+) {
+    let accepted = Instant::now();
+    let config = shared.config.load_full();
+    let local = tcp.local_addr().unwrap_or(peer);
+    let _ = tcp.set_nodelay(true);
+    let mut pending = Pending::new(&shared, &config, &shared.upstreams, tcp, (peer, local));
+    let result = tokio::select! {
+        r = pending.establish() => r,
+        _ = shared.stop_pending.cancelled() => Err(Refusal::Shutdown),
+    };
+    let log = CloseLog {
+        id: admission.id(),
+        peer,
+        accepted,
+    };
+    match result {
+        Err(refusal) => refuse(&shared, pending, refusal, &log).await,
+        Ok(established) => {
+            let info_sent = pending.info_sent();
+            let Some(client) = pending.into_client() else {
+                return;
+            };
+            shared
+                .metrics
+                .connect_wait
+                .record(accepted.elapsed().as_secs_f64());
+            admission.established();
+            let strip = config.upstream.strip_connect_urls;
+            relay_to_end(&shared, client, established, info_sent, strip, &log).await;
+        }
+    }
+}
+
+/// What every close line of one connection says.
+struct CloseLog {
+    id: u64,
+    peer: SocketAddr,
+    accepted: Instant,
+}
+
+/// Counts and logs a refusal, then sends its reply (if any) on the socket and closes it.
+async fn refuse(
+    shared: &Shared,
+    pending: Pending<'_, TcpStream, crate::upstream::Upstreams>,
+    refusal: Refusal,
+    log: &CloseLog,
+) {
+    let reason = refusal.reason();
+    shared.metrics.reject(reason);
+    tracing::info!(
+        conn = log.id,
+        peer = %log.peer,
+        duration_ms = log.accepted.elapsed().as_millis() as u64,
+        bytes_in = 0u64,
+        bytes_out = pending.info_sent() as u64,
+        reason = reason.as_str(),
+        detail = %refusal,
+        "connection refused"
+    );
+    if let (Some(client), Some(reply)) = (pending.into_client(), refusal.reply()) {
+        close_with(client, &reply).await;
+    }
+}
+
+/// Relays an established connection until it ends, then writes its close line.
+async fn relay_to_end(
+    shared: &Shared,
+    client: Stream,
+    established: Established<Stream>,
+    info_sent: usize,
+    strip: bool,
+    log: &CloseLog,
+) {
+    let server = protocol::ServerStream::new(established.advert, strip);
+    // Boxed: the relay state exists only once the connection is established, so the task of a
+    // pending connection does not carry it.
+    let mut outcome = Box::pin(relay::relay(
+        client,
+        established.upstream,
+        server,
+        &shared.metrics,
+        &shared.stop_all,
+    ))
+    .await;
+    outcome.client_to_upstream += established.forwarded as u64;
+    outcome.upstream_to_client += info_sent as u64;
+    let who = &established.identity;
+    let error = match &outcome.end {
+        RelayEnd::Error(e) => e.to_string(),
+        _ => String::new(),
+    };
+    tracing::info!(
+        conn = log.id,
+        peer = %log.peer,
+        duration_ms = log.accepted.elapsed().as_millis() as u64,
+        bytes_in = outcome.client_to_upstream,
+        bytes_out = outcome.upstream_to_client,
+        reason = outcome.end.as_str(),
+        client_name = who.name.as_deref().unwrap_or(""),
+        client_lang = who.lang.as_deref().unwrap_or(""),
+        client_version = who.version.as_deref().unwrap_or(""),
+        user = who.user.as_deref().unwrap_or(""),
+        error = %error,
+        "connection closed"
+    );
+}
+
+/// Sends a final `-ERR`, then closes in a way that lets the client read it: FIN first, then a
+/// short, bounded wait that discards whatever the client still sends.
+pub(crate) async fn close_with<S>(mut client: Stream<S>, reply: &[u8])
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let work = async {
+        pending::write_flush(&mut client, reply).await?;
+        client.shutdown().await?;
+        let mut sink = [0u8; 512];
+        let mut budget = 64 * 1024usize;
+        loop {
+            let n = client.read(&mut sink).await?;
+            if n == 0 || n >= budget {
+                return Ok::<(), std::io::Error>(());
+            }
+            budget -= n;
+        }
+    };
+    let _ = tokio::time::timeout(LINGER, work).await;
+}

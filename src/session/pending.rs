@@ -1,0 +1,309 @@
+//! The pending connection: everything inside the authorization window, one method per step of
+//! DESIGN §1. [`Pending`] owns the client socket and the deadline for the whole phase, so a
+//! refusal can always be answered on the socket it concerns.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Instant as StdInstant;
+
+use base64::Engine;
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::{timeout, timeout_at, Instant};
+
+use super::refusal::{Refusal, Step};
+use crate::config::{Config, HandshakeFirst};
+use crate::protocol::{self, ClientIdentity, ConnectLine, Info, TlsAdvert};
+use crate::shared::{ClientTls, Shared};
+use crate::stream::{PeekByte, Stream};
+use crate::upstream::{Dial, DialError, UpstreamConn};
+
+/// A TLS ClientHello starts with a handshake record: content type 22.
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
+/// What a successful pending phase hands to the relay, besides the client socket.
+pub(crate) struct Established<U> {
+    /// The upstream socket; the CONNECT and the pipelined bytes are already written to it.
+    pub(crate) upstream: U,
+    /// Who the client says it is, for the close log line (no secrets).
+    pub(crate) identity: ClientIdentity,
+    /// Bytes already forwarded upstream (CONNECT and pipeline).
+    pub(crate) forwarded: usize,
+    /// What later INFO lines tell the client about TLS (they get the same rewrite).
+    pub(crate) advert: TlsAdvert,
+}
+
+/// A client inside its authorization window.
+pub(crate) struct Pending<'a, S, D> {
+    shared: &'a Shared,
+    /// The configuration snapshot taken at accept.
+    config: &'a Config,
+    dialer: &'a D,
+    /// `None` only after a failed TLS handshake consumed the socket.
+    client: Option<Stream<S>>,
+    /// `(source, destination)` of the client connection, for the upstream PROXY header.
+    addrs: (SocketAddr, SocketAddr),
+    /// Accept plus `authorization.timeout`: every step ends by then.
+    deadline: Instant,
+    /// INFO bytes written to the client, for the close line of a refused connection too.
+    info_sent: usize,
+}
+
+impl<'a, S: PeekByte, D: Dial> Pending<'a, S, D> {
+    /// Starts the window now.
+    pub(crate) fn new(
+        shared: &'a Shared,
+        config: &'a Config,
+        dialer: &'a D,
+        client: S,
+        addrs: (SocketAddr, SocketAddr),
+    ) -> Self {
+        Pending {
+            shared,
+            config,
+            dialer,
+            client: Some(Stream::Plain(client)),
+            addrs,
+            deadline: Instant::now() + config.auth_timeout,
+            info_sent: 0,
+        }
+    }
+
+    /// The lifecycle of DESIGN §1, from accept to the forwarded CONNECT.
+    pub(crate) async fn establish(&mut self) -> Result<Established<D::Io>, Refusal> {
+        self.tls_first().await?;
+        let UpstreamConn { mut stream, info } = self.dial().await?;
+        let nonce = self.nonce_to_sign(&info);
+        let advert = self.advert();
+        self.send_info(info, advert).await?;
+        self.classic_tls().await?;
+        let (buf, line) = self.read_connect().await?;
+        let forwarded = self.forward(&mut stream, &buf, &line, nonce).await?;
+        Ok(Established {
+            upstream: stream,
+            identity: line.client_identity(),
+            forwarded,
+            advert,
+        })
+    }
+
+    /// INFO bytes the client has received so far.
+    pub(crate) fn info_sent(&self) -> usize {
+        self.info_sent
+    }
+
+    /// The client socket, to relay on or to send a refusal's reply on.
+    pub(crate) fn into_client(self) -> Option<Stream<S>> {
+        self.client
+    }
+
+    /// Step 2: the TLS handshake comes first when configured, or when `auto` sees a
+    /// ClientHello within its delay.
+    async fn tls_first(&mut self) -> Result<(), Refusal> {
+        let Some(tls) = self.shared.client_tls.as_ref() else {
+            return Ok(());
+        };
+        let first = match tls.mode {
+            HandshakeFirst::Off => false,
+            HandshakeFirst::On => true,
+            HandshakeFirst::Auto(wait) => {
+                let limit = self.deadline.min(Instant::now() + wait);
+                matches!(
+                    timeout_at(limit, self.peek()).await,
+                    Ok(Ok(Some(TLS_HANDSHAKE_RECORD)))
+                )
+            }
+        };
+        if first {
+            self.handshake(tls).await?;
+        }
+        Ok(())
+    }
+
+    /// Step 3: an upstream connection that has sent its INFO. Boxed: the dial's state is large
+    /// and short-lived, and a pending connection should cost only what it holds while it waits.
+    async fn dial(&self) -> Result<UpstreamConn<D::Io>, Refusal> {
+        let dial = Box::pin(self.dialer.dial(self.deadline, Some(self.addrs)));
+        match dial.await {
+            Ok(conn) => Ok(conn),
+            Err(DialError::Deadline) => Err(Refusal::Window(Step::Dial)),
+            Err(e) => Err(Refusal::Upstream(e.to_string())),
+        }
+    }
+
+    /// ADR-55: only signing needs the nonce later, so a pending connection keeps nothing else.
+    fn nonce_to_sign(&self, info: &Info) -> Option<String> {
+        self.shared
+            .signer
+            .as_ref()
+            .and_then(|_| info.str_field("nonce"))
+    }
+
+    /// What INFO tells the client about TLS: natsgate's own listener, not the upstream's.
+    fn advert(&self) -> TlsAdvert {
+        match &self.shared.client_tls {
+            None => TlsAdvert::None,
+            Some(t) if t.required => TlsAdvert::Required { verify: t.verify },
+            Some(t) => TlsAdvert::Available { verify: t.verify },
+        }
+    }
+
+    /// Step 4: the upstream INFO, rewritten, nonce unchanged.
+    async fn send_info(&mut self, info: Info, advert: TlsAdvert) -> Result<(), Refusal> {
+        let info = protocol::rewrite_info(info, advert, self.config.upstream.strip_connect_urls);
+        let deadline = self.deadline;
+        let client = self.client()?;
+        within(deadline, Step::WriteInfo, write_flush(client, &info)).await?;
+        self.info_sent = info.len();
+        self.shared
+            .metrics
+            .upstream_to_client
+            .increment(info.len() as u64);
+        Ok(())
+    }
+
+    /// Step 5: a classic-TLS client upgrades after INFO; plaintext where TLS is required is
+    /// refused before any of its bytes are read.
+    async fn classic_tls(&mut self) -> Result<(), Refusal> {
+        let Some(tls) = self.shared.client_tls.as_ref() else {
+            return Ok(());
+        };
+        if self.client()?.is_tls() {
+            return Ok(());
+        }
+        match within(self.deadline, Step::ClassicTls, self.peek()).await? {
+            Some(TLS_HANDSHAKE_RECORD) => self.handshake(tls).await,
+            Some(_) if tls.required => Err(Refusal::TlsRequired),
+            Some(_) => Ok(()),
+            None => Err(Refusal::ClientClosed),
+        }
+    }
+
+    /// Step 6: the CONNECT line, read in small steps (a silent client costs only its first
+    /// small buffer), refused on the first byte that cannot start one. Returns the bytes read,
+    /// which may go on past the line (pipelined traffic).
+    async fn read_connect(&mut self) -> Result<(Vec<u8>, ConnectLine), Refusal> {
+        let max = self.config.listener.max_control_line;
+        let deadline = self.deadline;
+        let client = self.client()?;
+        let mut buf: Vec<u8> = Vec::new();
+        loop {
+            if let Some(line) = protocol::scan_connect(&buf, max)? {
+                return Ok((buf, line));
+            }
+            if buf.capacity() == buf.len() {
+                buf.reserve(if buf.is_empty() {
+                    256
+                } else {
+                    buf.len().min(max + 2)
+                });
+            }
+            if within(deadline, Step::ReadConnect, client.read_buf(&mut buf)).await? == 0 {
+                return Err(Refusal::ClientClosed);
+            }
+        }
+    }
+
+    /// Step 7: the CONNECT (signed when ADR-55 is on) and whatever the client pipelined after
+    /// it. A few KiB into a fresh socket; `connect_timeout` only guards against an upstream
+    /// that stopped reading, so the connection cannot sit in the pending phase forever.
+    async fn forward(
+        &self,
+        upstream: &mut D::Io,
+        buf: &[u8],
+        line: &ConnectLine,
+        nonce: Option<String>,
+    ) -> Result<usize, Refusal> {
+        let sig = match (&self.shared.signer, nonce) {
+            (Some(kp), Some(nonce)) => kp.sign(nonce.as_bytes()).ok(),
+            _ => None,
+        };
+        let mut forward = match sig {
+            Some(sig) => {
+                let sig = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sig);
+                protocol::connect_with_proxy_sig(buf, line, &sig)
+            }
+            None => buf[..line.line_len].to_vec(),
+        };
+        forward.extend_from_slice(&buf[line.line_len..]);
+        let limit = self.config.upstream.connect_timeout;
+        match timeout(limit, write_flush(upstream, &forward)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                return Err(Refusal::Upstream(format!(
+                    "upstream closed before CONNECT: {e}"
+                )))
+            }
+            Err(_) => {
+                return Err(Refusal::Upstream(
+                    "upstream did not accept the CONNECT".into(),
+                ))
+            }
+        }
+        self.shared
+            .metrics
+            .client_to_upstream
+            .increment(forward.len() as u64);
+        Ok(forward.len())
+    }
+
+    /// The client TLS handshake, limited by `tls.timeout` and by the window. Boxed: a
+    /// handshake's state is large and short-lived.
+    async fn handshake(&mut self, tls: &ClientTls) -> Result<(), Refusal> {
+        let io = match self.client.take() {
+            Some(Stream::Plain(io)) => io,
+            other => {
+                self.client = other;
+                return Ok(());
+            }
+        };
+        let started = StdInstant::now();
+        let limit = self.deadline.min(Instant::now() + tls.timeout);
+        match timeout_at(limit, Box::pin(tls.acceptor.accept(io))).await {
+            Ok(Ok(s)) => {
+                self.shared
+                    .metrics
+                    .tls_handshake
+                    .record(started.elapsed().as_secs_f64());
+                self.client = Some(Stream::Tls(Box::new(s.into())));
+                Ok(())
+            }
+            Ok(Err(e)) => Err(Refusal::TlsHandshake(e)),
+            Err(_) if limit == self.deadline => Err(Refusal::Window(Step::TlsHandshake)),
+            Err(_) => Err(Refusal::TlsHandshakeTimeout),
+        }
+    }
+
+    /// The first unread byte on a plaintext client socket (`None`: closed, or already TLS).
+    async fn peek(&mut self) -> std::io::Result<Option<u8>> {
+        match self.client.as_mut() {
+            Some(Stream::Plain(io)) => io.peek_byte().await,
+            _ => Ok(None),
+        }
+    }
+
+    fn client(&mut self) -> Result<&mut Stream<S>, Refusal> {
+        self.client.as_mut().ok_or(Refusal::ClientClosed)
+    }
+}
+
+/// Runs one step of the pending phase against the window: an I/O error is reported as
+/// [`Refusal::Io`], the deadline as [`Refusal::Window`], both naming the step.
+async fn within<T>(
+    deadline: Instant,
+    step: Step,
+    fut: impl Future<Output = std::io::Result<T>>,
+) -> Result<T, Refusal> {
+    match timeout_at(deadline, fut).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(Refusal::Io(step, e)),
+        Err(_) => Err(Refusal::Window(step)),
+    }
+}
+
+pub(crate) async fn write_flush<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    bytes: &[u8],
+) -> std::io::Result<()> {
+    w.write_all(bytes).await?;
+    w.flush().await
+}

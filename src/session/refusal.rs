@@ -1,0 +1,85 @@
+//! Every way a pending connection ends without being established, classified in one place: the
+//! metric label ([`Refusal::reason`]) and the bytes the client gets ([`Refusal::reply`]).
+
+use std::fmt;
+
+use crate::metrics::Reject;
+use crate::protocol::{self, ConnectError};
+
+/// The step of the pending phase (DESIGN §1) that was under way when a refusal happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Step {
+    TlsHandshake,
+    Dial,
+    WriteInfo,
+    ClassicTls,
+    ReadConnect,
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Step::TlsHandshake => "during the TLS handshake",
+            Step::Dial => "while dialing upstream",
+            Step::WriteInfo => "while writing INFO",
+            Step::ClassicTls => "while waiting for the TLS upgrade",
+            Step::ReadConnect => "while waiting for CONNECT",
+        })
+    }
+}
+
+/// Why a pending connection ended. The client socket is never inside: it stays with the
+/// [`super::Pending`] that owns it, which sends [`Refusal::reply`] on it.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum Refusal {
+    /// The authorization window closed.
+    #[error("window closed {0}")]
+    Window(Step),
+    #[error("TLS handshake failed: {0}")]
+    TlsHandshake(std::io::Error),
+    /// `tls.timeout` ran out before the window did.
+    #[error("TLS handshake timed out")]
+    TlsHandshakeTimeout,
+    #[error("plaintext where TLS is required")]
+    TlsRequired,
+    /// The first line was not an acceptable CONNECT.
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    #[error("client closed before CONNECT")]
+    ClientClosed,
+    /// A read or write on the client socket failed.
+    #[error("{0}: {1}")]
+    Io(Step, std::io::Error),
+    /// No upstream answered, or the one that did failed before taking the CONNECT.
+    #[error("{0}")]
+    Upstream(String),
+    #[error("natsgate is shutting down")]
+    Shutdown,
+}
+
+impl Refusal {
+    /// The `reason` label of `natsgate_connections_rejected_total`.
+    pub(crate) fn reason(&self) -> Reject {
+        match self {
+            Refusal::Window(_) => Reject::AuthTimeout,
+            Refusal::TlsHandshake(_) | Refusal::TlsHandshakeTimeout => Reject::TlsHandshake,
+            Refusal::TlsRequired => Reject::TlsRequired,
+            Refusal::Connect(_) | Refusal::ClientClosed | Refusal::Io(..) => Reject::Protocol,
+            Refusal::Upstream(_) => Reject::UpstreamUnavailable,
+            Refusal::Shutdown => Reject::Shutdown,
+        }
+    }
+
+    /// The bytes the client receives before the close, as nats-server would send them; `None`
+    /// closes silently (mid-handshake there is no channel to send them on).
+    pub(crate) fn reply(&self) -> Option<Vec<u8>> {
+        match self {
+            Refusal::Window(Step::Dial | Step::ClassicTls | Step::ReadConnect) => {
+                Some(protocol::ERR_AUTH_TIMEOUT.to_vec())
+            }
+            Refusal::TlsRequired => Some(protocol::ERR_TLS_REQUIRED.to_vec()),
+            Refusal::Connect(e) => Some(e.client_error()),
+            _ => None,
+        }
+    }
+}
