@@ -26,6 +26,90 @@ pub const TLS_CERT_EXPIRY: &str = "natsgate_tls_cert_expiry_timestamp_seconds";
 pub const CONFIG_RELOADS: &str = "natsgate_config_reloads_total";
 pub const BUILD_INFO: &str = "natsgate_build_info";
 
+/// A metric's Prometheus type.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// Every metric natsgate exports, with its type, unit and help text, declared once.
+const CATALOGUE: [(&str, Kind, Option<Unit>, &str); 12] = [
+    (
+        CONNECTIONS_ACCEPTED,
+        Kind::Counter,
+        None,
+        "Client connections accepted.",
+    ),
+    (
+        CONNECTIONS_ACTIVE,
+        Kind::Gauge,
+        None,
+        "Client connections open now, by phase.",
+    ),
+    (
+        CONNECTIONS_REJECTED,
+        Kind::Counter,
+        None,
+        "Client connections refused before they were established, by reason.",
+    ),
+    (
+        CONNECT_WAIT,
+        Kind::Histogram,
+        Some(Unit::Seconds),
+        "Time from accept to the end of the client's CONNECT line.",
+    ),
+    (
+        TLS_HANDSHAKE,
+        Kind::Histogram,
+        Some(Unit::Seconds),
+        "Client TLS handshake duration.",
+    ),
+    (
+        UPSTREAM_CONNECT,
+        Kind::Histogram,
+        Some(Unit::Seconds),
+        "Time to connect to an upstream server and read its INFO.",
+    ),
+    (
+        UPSTREAM_ERRORS,
+        Kind::Counter,
+        None,
+        "Failed attempts to reach an upstream server.",
+    ),
+    (
+        UPSTREAM_AUTH,
+        Kind::Counter,
+        None,
+        "The upstream's verdict on forwarded CONNECTs.",
+    ),
+    (
+        TRANSFERRED_BYTES,
+        Kind::Counter,
+        Some(Unit::Bytes),
+        "Bytes relayed, by direction.",
+    ),
+    (
+        TLS_CERT_EXPIRY,
+        Kind::Gauge,
+        Some(Unit::Seconds),
+        "Expiry (notAfter) of the served TLS certificate, Unix time.",
+    ),
+    (
+        CONFIG_RELOADS,
+        Kind::Counter,
+        None,
+        "Configuration reloads, by result.",
+    ),
+    (
+        BUILD_INFO,
+        Kind::Gauge,
+        None,
+        "Build information; the value is always 1.",
+    ),
+];
+
 /// Why a connection was refused before it was established: the `reason` label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reject {
@@ -106,7 +190,8 @@ impl Metrics {
     /// upstream URLs, the only values the `server` label takes.
     pub fn new(servers: &[String]) -> Metrics {
         let mut builder = PrometheusBuilder::new();
-        for name in [CONNECT_WAIT, TLS_HANDSHAKE, UPSTREAM_CONNECT] {
+        let histograms = CATALOGUE.iter().filter(|m| matches!(m.1, Kind::Histogram));
+        for &(name, ..) in histograms {
             builder = builder
                 .set_buckets_for_metric(Matcher::Full(name.to_string()), SETUP_BUCKETS)
                 .unwrap_or_else(|_| PrometheusBuilder::new());
@@ -115,58 +200,9 @@ impl Metrics {
         let handle = recorder.handle();
         let r = Registrar(&recorder);
 
-        r.describe(CONNECTIONS_ACCEPTED, "Client connections accepted.", None);
-        r.describe(
-            CONNECTIONS_ACTIVE,
-            "Client connections open now, by phase.",
-            None,
-        );
-        r.describe(
-            CONNECTIONS_REJECTED,
-            "Client connections refused before they were established, by reason.",
-            None,
-        );
-        r.describe(
-            CONNECT_WAIT,
-            "Time from accept to the end of the client's CONNECT line.",
-            Some(Unit::Seconds),
-        );
-        r.describe(
-            TLS_HANDSHAKE,
-            "Client TLS handshake duration.",
-            Some(Unit::Seconds),
-        );
-        r.describe(
-            UPSTREAM_CONNECT,
-            "Time to connect to an upstream server and read its INFO.",
-            Some(Unit::Seconds),
-        );
-        r.describe(
-            UPSTREAM_ERRORS,
-            "Failed attempts to reach an upstream server.",
-            None,
-        );
-        r.describe(
-            UPSTREAM_AUTH,
-            "The upstream's verdict on forwarded CONNECTs.",
-            None,
-        );
-        r.describe(
-            TRANSFERRED_BYTES,
-            "Bytes relayed, by direction.",
-            Some(Unit::Bytes),
-        );
-        r.describe(
-            TLS_CERT_EXPIRY,
-            "Expiry (notAfter) of the served TLS certificate, Unix time.",
-            Some(Unit::Seconds),
-        );
-        r.describe(CONFIG_RELOADS, "Configuration reloads, by result.", None);
-        r.describe(
-            BUILD_INFO,
-            "Build information; the value is always 1.",
-            None,
-        );
+        for (name, kind, unit, help) in CATALOGUE {
+            r.describe(name, kind, unit, help);
+        }
 
         r.gauge(BUILD_INFO, &[("version", env!("CARGO_PKG_VERSION"))])
             .set(1.0);
@@ -284,17 +320,13 @@ impl Registrar<'_> {
             .register_histogram(&Self::key(name, &[]), &Self::meta())
     }
 
-    fn describe(&self, name: &'static str, help: &'static str, unit: Option<Unit>) {
+    fn describe(&self, name: &'static str, kind: Kind, unit: Option<Unit>, help: &'static str) {
         let key = KeyName::from_const_str(name);
         let help = SharedString::const_str(help);
-        match name {
-            CONNECT_WAIT | TLS_HANDSHAKE | UPSTREAM_CONNECT => {
-                self.0.describe_histogram(key, unit, help)
-            }
-            CONNECTIONS_ACTIVE | TLS_CERT_EXPIRY | BUILD_INFO => {
-                self.0.describe_gauge(key, unit, help)
-            }
-            _ => self.0.describe_counter(key, unit, help),
+        match kind {
+            Kind::Histogram => self.0.describe_histogram(key, unit, help),
+            Kind::Gauge => self.0.describe_gauge(key, unit, help),
+            Kind::Counter => self.0.describe_counter(key, unit, help),
         }
     }
 }

@@ -116,19 +116,7 @@ where
             &mut cw,
             &metrics.upstream_to_client,
             &mut u2c,
-            |bytes| {
-                let rewritten = server.feed(bytes);
-                if verdict.is_none() {
-                    verdict = server.verdict();
-                    if let Some(v) = verdict {
-                        metrics.upstream_auth(match v {
-                            Verdict::Accepted => AuthResult::Accepted,
-                            Verdict::Rejected => AuthResult::Rejected,
-                        });
-                    }
-                }
-                rewritten
-            },
+            |bytes| follow_server(&mut server, &mut verdict, metrics, bytes),
         );
         tokio::pin!(up, down);
         let mut up_done = false;
@@ -164,6 +152,27 @@ where
         upstream_to_client: u2c,
         end,
     }
+}
+
+/// Feeds upstream's bytes to the server-op follower (INFO rewriting) and records the
+/// upstream's verdict on the CONNECT the first time one is seen.
+fn follow_server(
+    server: &mut ServerStream,
+    verdict: &mut Option<Verdict>,
+    metrics: &Metrics,
+    bytes: &[u8],
+) -> Option<Vec<u8>> {
+    let rewritten = server.feed(bytes);
+    if verdict.is_none() {
+        *verdict = server.verdict();
+        if let Some(v) = *verdict {
+            metrics.upstream_auth(match v {
+                Verdict::Accepted => AuthResult::Accepted,
+                Verdict::Rejected => AuthResult::Rejected,
+            });
+        }
+    }
+    rewritten
 }
 
 /// Copies one direction until EOF, then propagates the half-close. `transform` may replace
