@@ -2,10 +2,9 @@
 //!
 //! Liveness never depends on upstream: as a sidecar, natsgate's startup probe gates the pod
 //! that nats-server itself runs in. Readiness does: it wants a loaded certificate (guaranteed
-//! once the proxy runs) and an upstream that answered within [`READY_WINDOW`].
+//! once the proxy runs) and at least one upstream member that answered its last probe or dial.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -15,11 +14,6 @@ use axum::Router;
 use tokio::net::TcpListener;
 
 use crate::shared::Shared;
-
-/// An upstream must have accepted a connection this recently for `/readyz` to pass.
-pub(crate) const READY_WINDOW: Duration = Duration::from_secs(10);
-/// When no client connection has reached upstream for this long, a probe dials it.
-const PROBE_AFTER: Duration = Duration::from_secs(3);
 
 /// Serves the admin endpoints until `stop` fires.
 pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener) {
@@ -56,35 +50,12 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     if shared.stop_pending.is_cancelled() {
         return (StatusCode::SERVICE_UNAVAILABLE, "draining\n".to_string());
     }
-    match shared.upstreams.since_last_success() {
-        Some(age) if age <= READY_WINDOW => (StatusCode::OK, "ok\n".to_string()),
-        Some(age) => (
+    if shared.upstreams.any_up() {
+        (StatusCode::OK, "ok\n".to_string())
+    } else {
+        (
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("no upstream answered in the last {}s\n", age.as_secs()),
-        ),
-        None => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no upstream has answered yet\n".to_string(),
-        ),
-    }
-}
-
-/// Keeps readiness honest while no clients connect: dials upstream (with a PROXY v2 LOCAL
-/// header when PROXY protocol is on) whenever nothing has reached it for a while.
-pub(crate) async fn probe_upstream(shared: Arc<Shared>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    loop {
-        tick.tick().await;
-        let stale = shared
-            .upstreams
-            .since_last_success()
-            .is_none_or(|age| age >= PROBE_AFTER);
-        if stale {
-            let deadline =
-                tokio::time::Instant::now() + shared.config.load().upstream.connect_timeout;
-            if let Ok(conn) = shared.upstreams.dial(deadline, None).await {
-                drop(conn);
-            }
-        }
+            "no upstream server is up\n".to_string(),
+        )
     }
 }

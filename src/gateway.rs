@@ -44,13 +44,7 @@ pub struct Handle {
 impl Gateway {
     /// Builds everything that can fail (certificates, keys, seed) before any socket is served.
     pub fn new(config: Config) -> Result<Gateway, StartError> {
-        let servers: Vec<String> = config
-            .upstream
-            .servers
-            .iter()
-            .map(|s| s.url.clone())
-            .collect();
-        let metrics = Arc::new(Metrics::new(&servers));
+        let metrics = Arc::new(Metrics::new());
         let client_tls = match &config.tls {
             None => None,
             Some(t) => {
@@ -110,9 +104,12 @@ impl Gateway {
     ) {
         let shared = self.shared;
         let mut background = tokio::task::JoinSet::new();
+        {
+            let shared = shared.clone();
+            background.spawn(async move { shared.upstreams.probe_forever().await });
+        }
         if let Some(admin) = admin {
             background.spawn(admin::serve(shared.clone(), admin));
-            background.spawn(admin::probe_upstream(shared.clone()));
         }
         {
             let m = shared.metrics.clone();
@@ -185,15 +182,13 @@ impl Handle {
             &mut notes,
         );
         restart(
-            "upstream.servers",
-            new.upstream.servers == current.upstream.servers,
-            &mut notes,
-        );
-        restart(
             "tls",
             new.tls.is_some() == current.tls.is_some(),
             &mut notes,
         );
+        // Added members get traffic once probed; removed ones get no new clients; established
+        // connections stay where they are.
+        self.shared.upstreams.set_servers(&new.upstream.servers);
         self.shared.config.store(Arc::new(new));
         Ok(notes)
     }

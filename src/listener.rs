@@ -78,14 +78,33 @@ fn accept_one(shared: &Arc<Shared>, tasks: &TaskTracker, tcp: TcpStream, peer: S
         None => {
             shared.metrics.reject(Reject::Limit);
             tracing::info!(peer = %peer, reason = Reject::Limit.as_str(), "connection refused: limit reached");
-            // The socket is fresh, so this small write fits its buffer; never wait on it.
-            let _ = tcp.try_write(protocol::ERR_MAX_CONNECTIONS);
+            // INFO first, then the -ERR, the order nats-server uses: clients that do not see
+            // INFO report "INFO not received" instead of the limit. The socket is fresh, so
+            // these few hundred bytes fit its buffer; never wait on it.
+            let mut reply = limit_info(shared, config.upstream.strip_connect_urls);
+            reply.extend_from_slice(protocol::ERR_MAX_CONNECTIONS);
+            let _ = tcp.try_write(&reply);
             if let Ok(std) = tcp.into_std() {
                 let _ = std.shutdown(std::net::Shutdown::Write);
             }
         }
     }
 }
+
+/// The INFO a client refused at a limit gets: the latest upstream INFO without its nonce (it
+/// belongs to another connection), rewritten as usual; a minimal valid INFO when no upstream
+/// has answered yet.
+fn limit_info(shared: &Shared, strip_connect_urls: bool) -> Vec<u8> {
+    let mut info = match shared.upstreams.latest_info() {
+        Some(info) => (*info).clone(),
+        None => protocol::parse_info(MINIMAL_INFO).unwrap_or_default(),
+    };
+    info.remove("nonce");
+    protocol::rewrite_info(info, shared.advert(), strip_connect_urls)
+}
+
+/// What a refused client is told about the server before any upstream INFO is known.
+const MINIMAL_INFO: &[u8] = b"INFO {\"server_id\":\"natsgate\",\"server_name\":\"natsgate\",\"proto\":1,\"max_payload\":1048576}";
 
 /// Errors that concern only the connection being accepted, not the listener.
 fn is_per_connection(e: &std::io::Error) -> bool {

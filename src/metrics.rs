@@ -25,6 +25,8 @@ pub const TRANSFERRED_BYTES: &str = "natsgate_transferred_bytes_total";
 pub const TLS_CERT_EXPIRY: &str = "natsgate_tls_cert_expiry_timestamp_seconds";
 pub const CONFIG_RELOADS: &str = "natsgate_config_reloads_total";
 pub const BUILD_INFO: &str = "natsgate_build_info";
+pub const UPSTREAM_UP: &str = "natsgate_upstream_up";
+pub const UPSTREAM_EJECTIONS: &str = "natsgate_upstream_ejections_total";
 
 /// A metric's Prometheus type.
 #[derive(Debug, Clone, Copy)]
@@ -35,7 +37,7 @@ enum Kind {
 }
 
 /// Every metric natsgate exports, with its type, unit and help text, declared once.
-const CATALOGUE: [(&str, Kind, Option<Unit>, &str); 12] = [
+const CATALOGUE: [(&str, Kind, Option<Unit>, &str); 14] = [
     (
         CONNECTIONS_ACCEPTED,
         Kind::Counter,
@@ -108,7 +110,26 @@ const CATALOGUE: [(&str, Kind, Option<Unit>, &str); 12] = [
         None,
         "Build information; the value is always 1.",
     ),
+    (
+        UPSTREAM_UP,
+        Kind::Gauge,
+        None,
+        "1 when the upstream server answered its last probe or dial with INFO, else 0.",
+    ),
+    (
+        UPSTREAM_EJECTIONS,
+        Kind::Counter,
+        None,
+        "Times an upstream server was ejected (tried last) after a failed attempt.",
+    ),
 ];
+
+/// One upstream server's series, registered when the server is configured.
+pub(crate) struct MemberMetrics {
+    pub(crate) errors: Counter,
+    pub(crate) up: Gauge,
+    pub(crate) ejections: Counter,
+}
 
 /// Why a connection was refused before it was established: the `reason` label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -169,6 +190,8 @@ const SETUP_BUCKETS: &[f64] = &[
 /// All of natsgate's metric handles plus the exporter that renders them.
 pub struct Metrics {
     handle: PrometheusHandle,
+    /// Kept to register the series of upstream servers added by a reload.
+    recorder: PrometheusRecorder,
     pub accepted: Counter,
     active_pending: Gauge,
     active_established: Gauge,
@@ -176,7 +199,6 @@ pub struct Metrics {
     pub connect_wait: Histogram,
     pub tls_handshake: Histogram,
     pub upstream_connect: Histogram,
-    upstream_errors: Vec<Counter>,
     upstream_auth: [Counter; 3],
     pub client_to_upstream: Counter,
     pub upstream_to_client: Counter,
@@ -186,9 +208,9 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// Registers every series (so dashboards see zeros, not gaps). `servers` are the configured
-    /// upstream URLs, the only values the `server` label takes.
-    pub fn new(servers: &[String]) -> Metrics {
+    /// Registers every series (so dashboards see zeros, not gaps); upstream servers' series are
+    /// registered by [`Metrics::member`].
+    pub fn new() -> Metrics {
         let mut builder = PrometheusBuilder::new();
         let histograms = CATALOGUE.iter().filter(|m| matches!(m.1, Kind::Histogram));
         for &(name, ..) in histograms {
@@ -215,10 +237,6 @@ impl Metrics {
             connect_wait: r.histogram(CONNECT_WAIT),
             tls_handshake: r.histogram(TLS_HANDSHAKE),
             upstream_connect: r.histogram(UPSTREAM_CONNECT),
-            upstream_errors: servers
-                .iter()
-                .map(|s| r.counter(UPSTREAM_ERRORS, &[("server", s)]))
-                .collect(),
             upstream_auth: ["accepted", "rejected", "unknown"]
                 .map(|v| r.counter(UPSTREAM_AUTH, &[("result", v)])),
             client_to_upstream: r
@@ -229,6 +247,7 @@ impl Metrics {
             reload_success: r.counter(CONFIG_RELOADS, &[("result", "success")]),
             reload_failure: r.counter(CONFIG_RELOADS, &[("result", "failure")]),
             handle,
+            recorder,
         };
         m.active_pending.set(0.0);
         m.active_established.set(0.0);
@@ -250,10 +269,19 @@ impl Metrics {
         self.rejected[i].increment(1);
     }
 
-    pub fn upstream_error(&self, server_index: usize) {
-        if let Some(c) = self.upstream_errors.get(server_index) {
-            c.increment(1);
-        }
+    /// Registers (or finds) the series of one upstream server; `server` is its configured URL,
+    /// the only value the `server` label takes.
+    pub(crate) fn member(&self, server: &str) -> MemberMetrics {
+        let r = Registrar(&self.recorder);
+        let labels = [("server", server)];
+        let m = MemberMetrics {
+            errors: r.counter(UPSTREAM_ERRORS, &labels),
+            up: r.gauge(UPSTREAM_UP, &labels),
+            ejections: r.counter(UPSTREAM_EJECTIONS, &labels),
+        };
+        m.errors.increment(0);
+        m.ejections.increment(0);
+        m
     }
 
     pub fn upstream_auth(&self, result: AuthResult) {
@@ -286,6 +314,12 @@ impl Metrics {
             .unwrap_or(Duration::ZERO)
             .as_secs_f64();
         self.cert_expiry.set(secs);
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
     }
 }
 
@@ -337,7 +371,8 @@ mod tests {
 
     #[test]
     fn renders_every_series_with_buckets() {
-        let m = Metrics::new(&["nats://a:4222".into()]);
+        let m = Metrics::new();
+        let _member = m.member("nats://a:4222");
         m.connect_wait.record(0.02);
         m.reject(Reject::Limit);
         let text = m.render();
@@ -355,6 +390,10 @@ mod tests {
         );
         assert!(
             text.contains("natsgate_upstream_errors_total{server=\"nats://a:4222\"} 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("natsgate_upstream_up{server=\"nats://a:4222\"} 0"),
             "{text}"
         );
         assert!(text.contains("natsgate_build_info{version="), "{text}");

@@ -260,7 +260,8 @@ impl RawObject {
         }
     }
 
-    fn remove(&mut self, key: &str) {
+    /// Drops a field (all copies of it).
+    pub fn remove(&mut self, key: &str) {
         self.fields.retain(|(k, _)| k != key);
     }
 

@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, HandshakeFirst};
 use crate::limits::Limits;
 use crate::metrics::Metrics;
+use crate::protocol::TlsAdvert;
 use crate::tls::CertStore;
 use crate::upstream::Upstreams;
 
@@ -49,4 +50,15 @@ pub(crate) struct Shared {
     pub(crate) stop_pending: CancellationToken,
     /// Fired when the drain period is over: close everything.
     pub(crate) stop_all: CancellationToken,
+}
+
+impl Shared {
+    /// What INFO tells clients about TLS: natsgate's own listener, not the upstream's.
+    pub(crate) fn advert(&self) -> TlsAdvert {
+        match &self.client_tls {
+            None => TlsAdvert::None,
+            Some(t) if t.required => TlsAdvert::Required { verify: t.verify },
+            Some(t) => TlsAdvert::Available { verify: t.verify },
+        }
+    }
 }

@@ -2,34 +2,52 @@
 //! reading the INFO line that every connection starts with.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arc_swap::{ArcSwap, ArcSwapOption};
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use crate::config::{ProxyProtocol, UpstreamConfig, UpstreamServer};
-use crate::metrics::Metrics;
+use crate::metrics::{MemberMetrics, Metrics};
 use crate::protocol::{self, Info};
 use crate::stream::Stream;
+
+/// When the member tried has not delivered INFO after this long, the next one is dialed in
+/// parallel (hedging): with one hung member, a client pays this, never its window.
+pub(crate) const HEDGE_DELAY: Duration = Duration::from_millis(250);
 
 /// The longest INFO line accepted from upstream. Large clusters advertise many `connect_urls`,
 /// so this is far above a client's `max_control_line`, yet it still bounds memory.
 pub(crate) const MAX_INFO_LINE: usize = 256 * 1024;
 
-/// How long a server that failed is tried only after the others.
-const DOWN_BACKOFF: Duration = Duration::from_secs(5);
+/// A member that failed is tried last for this long, doubling while it keeps failing...
+const EJECT_FIRST: Duration = Duration::from_secs(1);
+/// ...up to this, so a recovered member is back within about this long.
+const EJECT_MAX: Duration = Duration::from_secs(10);
+/// A member that answered is probed again after this long without a dial, so the latest INFO
+/// stays fresh and a member that died while idle is noticed before a client pays for it.
+const PROBE_HEALTHY_EVERY: Duration = Duration::from_secs(5);
+/// How long a client's dial waits after INFO for a `-ERR` right behind it (nats-server at its
+/// `max_connections` writes INFO, then the `-ERR`, a few microseconds apart). The INFO must not
+/// reach the client before this is known: its nonce belongs to a member it will not talk to.
+const REFUSAL_SETTLE_CLIENT: Duration = Duration::from_millis(1);
+/// The background probe can afford to wait longer, and it ejects a member at its limit before
+/// clients reach it.
+const REFUSAL_SETTLE_PROBE: Duration = Duration::from_millis(100);
 
 /// Why no upstream connection could be made.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum DialError {
     #[error("no upstream server answered ({0})")]
     Unavailable(String),
-    #[error("the authorization window closed while dialing upstream")]
-    Deadline,
+    #[error("no upstream server answered before the authorization window closed ({0})")]
+    Deadline(String),
 }
 
 /// A connected upstream that has sent its INFO.
@@ -75,18 +93,89 @@ pub(crate) struct UpstreamTls {
     pub(crate) handshake_first: bool,
 }
 
-/// The upstream servers and the dialing policy. Shared by every connection.
-pub(crate) struct Upstreams {
-    servers: Vec<UpstreamServer>,
+/// One configured upstream server and its health.
+pub(crate) struct Member {
+    server: UpstreamServer,
+    /// Consecutive failed attempts; 0 while healthy.
+    failures: AtomicU32,
+    /// Until when (ms since the [`Upstreams`] epoch) it is ejected: tried only after the others.
+    ejected_until: AtomicU64,
+    /// When it last answered with INFO (ms since the epoch; 0 = never).
+    last_ok: AtomicU64,
+    metrics: MemberMetrics,
+}
+
+impl Member {
+    fn new(server: UpstreamServer, metrics: &Metrics) -> Member {
+        let metrics = metrics.member(&server.url);
+        metrics.up.set(0.0);
+        Member {
+            server,
+            failures: AtomicU32::new(0),
+            ejected_until: AtomicU64::new(0),
+            last_ok: AtomicU64::new(0),
+            metrics,
+        }
+    }
+
+    fn up(&self) -> bool {
+        self.last_ok.load(Ordering::Relaxed) != 0 && self.failures.load(Ordering::Relaxed) == 0
+    }
+
+    fn succeeded(&self, now_ms: u64) {
+        self.last_ok.store(now_ms, Ordering::Relaxed);
+        self.ejected_until.store(0, Ordering::Relaxed);
+        if self.failures.swap(0, Ordering::Relaxed) > 0 {
+            tracing::info!(server = %self.server.url, "upstream server answers again");
+        }
+        self.metrics.up.set(1.0);
+    }
+
+    /// Records a failed, clipped or abandoned attempt and ejects the member for a backoff that
+    /// doubles while it keeps failing.
+    fn failed(&self, now_ms: u64, why: &str) {
+        self.metrics.errors.increment(1);
+        self.metrics.up.set(0.0);
+        let failures = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        let backoff = EJECT_FIRST
+            .saturating_mul(1 << (failures - 1).min(8))
+            .min(EJECT_MAX);
+        let was = self
+            .ejected_until
+            .swap(now_ms + backoff.as_millis() as u64, Ordering::Relaxed);
+        if was <= now_ms {
+            self.metrics.ejections.increment(1);
+        }
+        if failures == 1 {
+            tracing::warn!(server = %self.server.url, error = %why, backoff_ms = backoff.as_millis() as u64, "upstream server failed; ejected");
+        } else {
+            tracing::debug!(server = %self.server.url, error = %why, failures, "upstream server failed again");
+        }
+    }
+
+    fn ejected(&self, now_ms: u64) -> bool {
+        self.ejected_until.load(Ordering::Relaxed) > now_ms
+    }
+}
+
+/// Dialing settings fixed at start.
+struct Settings {
     connect_timeout: Duration,
+    hedge_delay: Duration,
     proxy_protocol: ProxyProtocol,
     tls: Option<UpstreamTls>,
+}
+
+/// The upstream cluster: its members, their health, and the dialing policy. Shared by every
+/// connection.
+pub(crate) struct Upstreams {
+    members: ArcSwap<Vec<Arc<Member>>>,
+    settings: Settings,
     /// Where the next connection starts, so load spreads over a cluster.
     next: AtomicUsize,
-    /// Per server: until when (ms since `epoch`) it counts as down and is tried last.
-    down_until: Vec<AtomicU64>,
-    /// Last time (ms since `epoch`, 0 = never) any server completed a dial; drives `/readyz`.
-    last_ok: AtomicU64,
+    /// The most recent INFO any member sent (nonce included): limit refusals and, later,
+    /// natsgate's own INFO are built from it.
+    latest_info: ArcSwapOption<Info>,
     epoch: Instant,
     metrics: Arc<Metrics>,
 }
@@ -97,95 +186,193 @@ impl Upstreams {
         tls: Option<UpstreamTls>,
         metrics: Arc<Metrics>,
     ) -> Upstreams {
+        let members = cfg
+            .servers
+            .iter()
+            .map(|s| Arc::new(Member::new(s.clone(), &metrics)))
+            .collect();
         Upstreams {
-            servers: cfg.servers.clone(),
-            connect_timeout: cfg.connect_timeout,
-            proxy_protocol: cfg.proxy_protocol,
-            tls,
+            members: ArcSwap::from_pointee(members),
+            settings: Settings {
+                connect_timeout: cfg.connect_timeout,
+                hedge_delay: HEDGE_DELAY,
+                proxy_protocol: cfg.proxy_protocol,
+                tls,
+            },
             next: AtomicUsize::new(0),
-            down_until: cfg.servers.iter().map(|_| AtomicU64::new(0)).collect(),
-            last_ok: AtomicU64::new(0),
+            latest_info: ArcSwapOption::empty(),
             epoch: Instant::now(),
             metrics,
         }
+    }
+
+    /// Replaces the member list (SIGHUP): members that stay keep their health, new ones are
+    /// probed before clients rely on them, removed ones get no new clients.
+    pub(crate) fn set_servers(&self, servers: &[UpstreamServer]) {
+        let old = self.members.load();
+        let members = servers
+            .iter()
+            .map(|s| match old.iter().find(|m| m.server == *s) {
+                Some(m) => m.clone(),
+                None => Arc::new(Member::new(s.clone(), &self.metrics)),
+            })
+            .collect();
+        self.members.store(Arc::new(members));
     }
 
     fn now_ms(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64 + 1
     }
 
-    /// Time since an upstream last answered, if one ever has.
-    pub(crate) fn since_last_success(&self) -> Option<Duration> {
-        match self.last_ok.load(Ordering::Relaxed) {
-            0 => None,
-            t => Some(Duration::from_millis(self.now_ms().saturating_sub(t))),
-        }
+    /// At least one member answered its last probe or dial: `/readyz`.
+    pub(crate) fn any_up(&self) -> bool {
+        self.members.load().iter().any(|m| m.up())
     }
 
-    /// The order to try servers in: round-robin start, servers recently seen down last.
-    fn order(&self) -> Vec<usize> {
-        let n = self.servers.len();
+    /// The most recent INFO an upstream sent, if any has.
+    pub(crate) fn latest_info(&self) -> Option<Arc<Info>> {
+        self.latest_info.load_full()
+    }
+
+    /// The order to try members in: round-robin start, ejected members last.
+    fn order(&self) -> Vec<Arc<Member>> {
+        let members = self.members.load();
+        let n = members.len().max(1);
         let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
         let now = self.now_ms();
-        let (mut up, down): (Vec<usize>, Vec<usize>) = (0..n)
-            .map(|i| (start + i) % n)
-            .partition(|&i| self.down_until[i].load(Ordering::Relaxed) <= now);
+        let (mut up, down): (Vec<_>, Vec<_>) = (0..members.len())
+            .map(|i| members[(start + i) % n].clone())
+            .partition(|m| !m.ejected(now));
         up.extend(down);
         up
     }
 
-    /// Dials servers in turn until one answers with INFO within `connect_timeout`, never past
-    /// `deadline`. `client` and `local` are the addresses for the PROXY header; `None` sends a
-    /// v2 LOCAL header (used by health probes).
+    /// Dials members until one delivers its INFO, never past `deadline`. If the member tried
+    /// has not delivered INFO after the hedge delay, the next is dialed in parallel and the
+    /// first INFO wins. Every failed, clipped or abandoned attempt counts against its member.
+    /// `client` is `(source, destination)` for the PROXY header.
     pub(crate) async fn dial(
         &self,
         deadline: tokio::time::Instant,
         client: Option<(SocketAddr, SocketAddr)>,
     ) -> Result<UpstreamConn, DialError> {
+        let mut queue = self.order().into_iter();
+        let mut running = FuturesUnordered::new();
+        let mut in_flight: Vec<Arc<Member>> = Vec::new();
         let mut last_err = String::from("no servers configured");
-        for i in self.order() {
+        let mut hedge = tokio::time::Instant::now();
+        loop {
             let now = tokio::time::Instant::now();
-            if now >= deadline {
-                return Err(DialError::Deadline);
-            }
-            let limit = deadline.min(now + self.connect_timeout);
-            let started = Instant::now();
-            let server = &self.servers[i];
-            match tokio::time::timeout_at(limit, self.dial_one(server, client)).await {
-                Ok(Ok((stream, info))) => {
-                    self.metrics
-                        .upstream_connect
-                        .record(started.elapsed().as_secs_f64());
-                    self.down_until[i].store(0, Ordering::Relaxed);
-                    self.last_ok.store(self.now_ms(), Ordering::Relaxed);
-                    return Ok(UpstreamConn { stream, info });
+            if running.is_empty() || now >= hedge {
+                match queue.next() {
+                    Some(m) => {
+                        in_flight.push(m.clone());
+                        running.push(self.attempt(m, client, REFUSAL_SETTLE_CLIENT));
+                        hedge = now + self.settings.hedge_delay;
+                    }
+                    None if running.is_empty() => return Err(DialError::Unavailable(last_err)),
+                    None => hedge = deadline + Duration::from_secs(3600),
                 }
-                Ok(Err(e)) => last_err = format!("{server}: {e}"),
-                Err(_) if limit == deadline => return Err(DialError::Deadline),
-                Err(_) => last_err = format!("{server}: no INFO within {:?}", self.connect_timeout),
             }
-            self.metrics.upstream_error(i);
-            // Warn when a server goes down, not on every attempt while it stays down.
-            let until = self.now_ms() + DOWN_BACKOFF.as_millis() as u64;
-            if self.down_until[i].swap(until, Ordering::Relaxed) == 0 {
-                tracing::warn!(server = %server, error = %last_err, "upstream dial failed");
-            } else {
-                tracing::debug!(server = %server, error = %last_err, "upstream dial failed again");
+            tokio::select! {
+                Some((m, started, result)) = running.next() => {
+                    in_flight.retain(|x| !Arc::ptr_eq(x, &m));
+                    match result {
+                        Ok(conn) => {
+                            self.metrics.upstream_connect.record(started.elapsed().as_secs_f64());
+                            m.succeeded(self.now_ms());
+                            self.latest_info.store(Some(Arc::new(conn.info.clone())));
+                            for lost in &in_flight {
+                                lost.failed(self.now_ms(), "no INFO before another member answered");
+                            }
+                            return Ok(conn);
+                        }
+                        Err(e) => {
+                            m.failed(self.now_ms(), &e);
+                            last_err = format!("{}: {e}", m.server);
+                        }
+                    }
+                }
+                _ = tokio::time::sleep_until(hedge) => {}
+                _ = tokio::time::sleep_until(deadline) => {
+                    for m in &in_flight {
+                        m.failed(self.now_ms(), "no INFO before the client's window closed");
+                    }
+                    let who: Vec<String> = in_flight.iter().map(|m| m.server.to_string()).collect();
+                    return Err(DialError::Deadline(who.join(", ")));
+                }
             }
         }
-        Err(DialError::Unavailable(last_err))
+    }
+
+    /// One attempt on one member, limited by `connect_timeout`.
+    async fn attempt(
+        &self,
+        m: Arc<Member>,
+        client: Option<(SocketAddr, SocketAddr)>,
+        settle: Duration,
+    ) -> (Arc<Member>, Instant, Result<UpstreamConn, String>) {
+        let started = Instant::now();
+        let limit = self.settings.connect_timeout;
+        let result =
+            match tokio::time::timeout(limit, self.dial_one(&m.server, client, settle)).await {
+                Ok(Ok((stream, info))) => Ok(UpstreamConn { stream, info }),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err(format!("no INFO within connect_timeout ({limit:?})")),
+            };
+        (m, started, result)
+    }
+
+    /// Probes every member in the background: healthy ones when no dial has reached them for a
+    /// while, ejected ones when their backoff ends. A client never pays for the probing.
+    pub(crate) async fn probe_forever(&self) {
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let now = self.now_ms();
+            let due: Vec<Arc<Member>> = self
+                .members
+                .load()
+                .iter()
+                .filter(|m| {
+                    let last = m.last_ok.load(Ordering::Relaxed);
+                    let stale = last == 0
+                        || now.saturating_sub(last) >= PROBE_HEALTHY_EVERY.as_millis() as u64;
+                    let failing = m.failures.load(Ordering::Relaxed) > 0;
+                    if failing {
+                        !m.ejected(now)
+                    } else {
+                        stale
+                    }
+                })
+                .cloned()
+                .collect();
+            let probes = due.into_iter().map(|m| async move {
+                let (m, _, result) = self.attempt(m, None, REFUSAL_SETTLE_PROBE).await;
+                match result {
+                    Ok(conn) => {
+                        m.succeeded(self.now_ms());
+                        self.latest_info.store(Some(Arc::new(conn.info)));
+                    }
+                    Err(e) => m.failed(self.now_ms(), &e),
+                }
+            });
+            futures_util::future::join_all(probes).await;
+        }
     }
 
     async fn dial_one(
         &self,
         server: &UpstreamServer,
         client: Option<(SocketAddr, SocketAddr)>,
+        settle: Duration,
     ) -> std::io::Result<(Stream, Info)> {
         let tcp = TcpStream::connect((server.host.as_str(), server.port)).await?;
         tcp.set_nodelay(true)?;
         let mut tcp = tcp;
         // nats-server sends INFO before it reads the PROXY header, so write it at once.
-        match (self.proxy_protocol, client) {
+        match (self.settings.proxy_protocol, client) {
             (ProxyProtocol::Off, _) => {}
             (ProxyProtocol::V1, Some((src, dst))) => {
                 tcp.write_all(&protocol::proxy_header_v1(src, dst)).await?
@@ -194,45 +381,67 @@ impl Upstreams {
             (ProxyProtocol::V2, addrs) => tcp.write_all(&protocol::proxy_header_v2(addrs)).await?,
         }
         let mut stream = Stream::Plain(tcp);
-        let tls_first = self.tls.as_ref().filter(|t| t.handshake_first);
-        if let Some(t) = tls_first {
-            stream = self.upgrade(stream, server, t).await?;
+        let tls = self.settings.tls.as_ref();
+        if let Some(t) = tls.filter(|t| t.handshake_first) {
+            stream = upgrade(stream, server, t).await?;
         }
         let line = read_info_line(&mut stream).await?;
         let info = protocol::parse_info(&line).map_err(invalid)?;
+        if let Stream::Plain(tcp) = &stream {
+            refused_after_info(tcp, settle).await?;
+        }
         let wants_tls = info.bool_field("tls_required").unwrap_or(false);
         if !stream.is_tls() {
-            match &self.tls {
-                Some(t) => stream = self.upgrade(stream, server, t).await?,
+            match tls {
+                Some(t) => stream = upgrade(stream, server, t).await?,
                 None if wants_tls => {
                     return Err(invalid(
                         "upstream requires TLS; configure [upstream.tls] with its CA",
                     ));
                 }
-                _ => {}
+                None => {}
             }
         }
         Ok((stream, info))
     }
+}
 
-    async fn upgrade(
-        &self,
-        stream: Stream,
-        server: &UpstreamServer,
-        tls: &UpstreamTls,
-    ) -> std::io::Result<Stream> {
-        let Stream::Plain(tcp) = stream else {
-            return Ok(stream);
-        };
-        let name = tls
-            .server_name
-            .clone()
-            .unwrap_or_else(|| server.host.clone());
-        let name = ServerName::try_from(name)
-            .map_err(|e| invalid(format!("upstream TLS server name: {e}")))?;
-        let s = tls.connector.connect(name, tcp).await?;
-        Ok(Stream::Tls(Box::new(s.into())))
+/// A member at its own limit (or refusing for another reason) writes `-ERR` right behind its
+/// INFO and closes. Looks for it for `settle` without consuming anything: a healthy member sends
+/// nothing more until CONNECT.
+async fn refused_after_info(tcp: &TcpStream, settle: Duration) -> std::io::Result<()> {
+    let mut buf = [0u8; 128];
+    let n = match tokio::time::timeout(settle, tcp.peek(&mut buf)).await {
+        Err(_) => return Ok(()),
+        Ok(r) => r?,
+    };
+    if n == 0 {
+        return Err(invalid("upstream closed right after INFO"));
     }
+    if buf[..n.min(4)].eq_ignore_ascii_case(&b"-ERR"[..n.min(4)]) {
+        let line = String::from_utf8_lossy(&buf[..n]);
+        let line = line.lines().next().unwrap_or("").trim();
+        return Err(invalid(format!("upstream refused after INFO: {line}")));
+    }
+    Ok(())
+}
+
+async fn upgrade(
+    stream: Stream,
+    server: &UpstreamServer,
+    tls: &UpstreamTls,
+) -> std::io::Result<Stream> {
+    let Stream::Plain(tcp) = stream else {
+        return Ok(stream);
+    };
+    let name = tls
+        .server_name
+        .clone()
+        .unwrap_or_else(|| server.host.clone());
+    let name = ServerName::try_from(name)
+        .map_err(|e| invalid(format!("upstream TLS server name: {e}")))?;
+    let s = tls.connector.connect(name, tcp).await?;
+    Ok(Stream::Tls(Box::new(s.into())))
 }
 
 /// Reads exactly one line (up to `\n`) without consuming anything after it: nats-server sends

@@ -15,7 +15,7 @@ use crate::config::{Config, HandshakeFirst};
 use crate::protocol::{self, ClientIdentity, ConnectLine, Info, TlsAdvert};
 use crate::shared::{ClientTls, Shared};
 use crate::stream::{PeekByte, Stream};
-use crate::upstream::{Dial, DialError, UpstreamConn};
+use crate::upstream::{Dial, UpstreamConn};
 
 /// A TLS ClientHello starts with a handshake record: content type 22.
 const TLS_HANDSHAKE_RECORD: u8 = 0x16;
@@ -73,7 +73,7 @@ impl<'a, S: PeekByte, D: Dial> Pending<'a, S, D> {
         self.tls_first().await?;
         let UpstreamConn { mut stream, info } = self.dial().await?;
         let nonce = self.nonce_to_sign(&info);
-        let advert = self.advert();
+        let advert = self.shared.advert();
         self.send_info(info, advert).await?;
         self.classic_tls().await?;
         let (buf, line) = self.read_connect().await?;
@@ -123,11 +123,9 @@ impl<'a, S: PeekByte, D: Dial> Pending<'a, S, D> {
     /// and short-lived, and a pending connection should cost only what it holds while it waits.
     async fn dial(&self) -> Result<UpstreamConn<D::Io>, Refusal> {
         let dial = Box::pin(self.dialer.dial(self.deadline, Some(self.addrs)));
-        match dial.await {
-            Ok(conn) => Ok(conn),
-            Err(DialError::Deadline) => Err(Refusal::Window(Step::Dial)),
-            Err(e) => Err(Refusal::Upstream(e.to_string())),
-        }
+        // A dial cut short by the window is upstream's failure, not the client's: it is counted
+        // against the members and as `upstream_unavailable`.
+        dial.await.map_err(|e| Refusal::Upstream(e.to_string()))
     }
 
     /// ADR-55: only signing needs the nonce later, so a pending connection keeps nothing else.
@@ -136,15 +134,6 @@ impl<'a, S: PeekByte, D: Dial> Pending<'a, S, D> {
             .signer
             .as_ref()
             .and_then(|_| info.str_field("nonce"))
-    }
-
-    /// What INFO tells the client about TLS: natsgate's own listener, not the upstream's.
-    fn advert(&self) -> TlsAdvert {
-        match &self.shared.client_tls {
-            None => TlsAdvert::None,
-            Some(t) if t.required => TlsAdvert::Required { verify: t.verify },
-            Some(t) => TlsAdvert::Available { verify: t.verify },
-        }
     }
 
     /// Step 4: the upstream INFO, rewritten, nonce unchanged.

@@ -10,7 +10,6 @@ use crate::protocol::{self, ConnectError};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Step {
     TlsHandshake,
-    Dial,
     WriteInfo,
     ClassicTls,
     ReadConnect,
@@ -20,7 +19,6 @@ impl fmt::Display for Step {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Step::TlsHandshake => "during the TLS handshake",
-            Step::Dial => "while dialing upstream",
             Step::WriteInfo => "while writing INFO",
             Step::ClassicTls => "while waiting for the TLS upgrade",
             Step::ReadConnect => "while waiting for CONNECT",
@@ -74,7 +72,7 @@ impl Refusal {
     /// closes silently (mid-handshake there is no channel to send them on).
     pub(crate) fn reply(&self) -> Option<Vec<u8>> {
         match self {
-            Refusal::Window(Step::Dial | Step::ClassicTls | Step::ReadConnect) => {
+            Refusal::Window(Step::ClassicTls | Step::ReadConnect) => {
                 Some(protocol::ERR_AUTH_TIMEOUT.to_vec())
             }
             Refusal::TlsRequired => Some(protocol::ERR_TLS_REQUIRED.to_vec()),
