@@ -178,7 +178,7 @@ impl Handle {
         );
         restart(
             "admin.bind",
-            new.admin_bind == current.admin_bind,
+            new.admin.bind == current.admin.bind,
             &mut notes,
         );
         restart(

@@ -51,11 +51,11 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener) {
     if open > 0 {
         tracing::info!(
             open,
-            drain_timeout_s = shared.config.load().drain_timeout.as_secs_f64(),
+            drain_timeout_s = shared.config.load().shutdown.drain_timeout.as_secs_f64(),
             "draining connections"
         );
     }
-    let drain = shared.config.load().drain_timeout;
+    let drain = shared.config.load().shutdown.drain_timeout;
     if tokio::time::timeout(drain, tasks.wait()).await.is_err() {
         tracing::info!(
             open = shared.limits.open(),

@@ -49,21 +49,41 @@ fn main() -> ExitCode {
     runtime.block_on(run(config))
 }
 
+/// Validates everything `natsgate` would load at start-up and prints the effective settings:
+/// the configuration itself, serialised (so this list cannot drift from the schema), headed by
+/// the resolved authorization window; warnings and the upstream-timer note follow as comments,
+/// so the output is itself a valid `proxy.toml`.
 fn check_config(config: Config) -> ExitCode {
-    // Certificates, keys and the seed are part of the configuration: load them too.
-    let described = config.describe();
+    let effective = match toml::to_string(&config) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("natsgate: cannot print the configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let window = format!(
+        "authorization.timeout = {}  # {}",
+        config.auth_timeout.as_secs_f64(),
+        config.auth_timeout_origin
+    );
     let warnings = config.warnings.clone();
     let note = config.upstream_timer_note();
+    // Certificates, keys and the seed are part of the configuration: load them too.
     if let Err(e) = Gateway::new(config) {
         eprintln!("natsgate: invalid configuration: {e}");
         return ExitCode::from(2);
     }
-    print!("{described}");
+    println!(
+        "{window}
+"
+    );
+    print!("{effective}");
+    println!();
     for w in warnings {
-        println!("warning: {w}");
+        println!("# warning: {w}");
     }
-    println!("{note}");
-    println!("configuration OK");
+    println!("# {note}");
+    println!("# configuration OK");
     ExitCode::SUCCESS
 }
 
@@ -81,7 +101,7 @@ fn init_logging(config: &Config) {
 
 async fn run(config: Config) -> ExitCode {
     let bind = config.listener.bind;
-    let admin_bind = config.admin_bind;
+    let admin_bind = config.admin.bind;
     let gateway = match Gateway::new(config) {
         Ok(g) => g,
         Err(e) => {

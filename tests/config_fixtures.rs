@@ -119,6 +119,29 @@ fn check_config_cli_agrees() {
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("natsgate "));
 }
 
+/// `--check-config` prints the effective configuration as TOML (warnings and notes are
+/// comments): read back, it is the same configuration with the same window.
+#[test]
+fn check_config_prints_the_effective_configuration() {
+    for path in fixtures("valid") {
+        let out = check_config(&path);
+        let printed = String::from_utf8(out.stdout).unwrap();
+        let original = Config::load(&path).unwrap();
+        let again = Config::parse(&printed, &path)
+            .unwrap_or_else(|e| panic!("{}: {e}\n{printed}", path.display()));
+        assert_eq!(again.auth_timeout, original.auth_timeout, "{printed}");
+        assert_eq!(
+            toml::to_string(&again).unwrap(),
+            toml::to_string(&original).unwrap(),
+            "{}",
+            path.display()
+        );
+        for w in &original.warnings {
+            assert!(printed.contains(w.as_str()), "{printed}");
+        }
+    }
+}
+
 #[test]
 fn shipped_proxy_toml_is_valid() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("proxy.toml");
