@@ -20,6 +20,7 @@ pub const CONNECT_WAIT: &str = "natsgate_connect_wait_seconds";
 pub const TLS_HANDSHAKE: &str = "natsgate_tls_handshake_seconds";
 pub const UPSTREAM_CONNECT: &str = "natsgate_upstream_connect_seconds";
 pub const UPSTREAM_ERRORS: &str = "natsgate_upstream_errors_total";
+pub const UPSTREAM_UP: &str = "natsgate_upstream_up";
 pub const UPSTREAM_AUTH: &str = "natsgate_upstream_auth_total";
 pub const TRANSFERRED_BYTES: &str = "natsgate_transferred_bytes_total";
 pub const TLS_CERT_EXPIRY: &str = "natsgate_tls_cert_expiry_timestamp_seconds";
@@ -93,6 +94,7 @@ pub struct Metrics {
     pub tls_handshake: Histogram,
     pub upstream_connect: Histogram,
     upstream_errors: Vec<Counter>,
+    upstream_up: Vec<Gauge>,
     upstream_auth: [Counter; 3],
     pub client_to_upstream: Counter,
     pub upstream_to_client: Counter,
@@ -147,6 +149,11 @@ impl Metrics {
             None,
         );
         r.describe(
+            UPSTREAM_UP,
+            "1 when the upstream server answered its last dial or probe, else 0.",
+            None,
+        );
+        r.describe(
             UPSTREAM_AUTH,
             "The upstream's verdict on forwarded CONNECTs.",
             None,
@@ -183,6 +190,10 @@ impl Metrics {
                 .iter()
                 .map(|s| r.counter(UPSTREAM_ERRORS, &[("server", s)]))
                 .collect(),
+            upstream_up: servers
+                .iter()
+                .map(|s| r.gauge(UPSTREAM_UP, &[("server", s)]))
+                .collect(),
             upstream_auth: ["accepted", "rejected", "unknown"]
                 .map(|v| r.counter(UPSTREAM_AUTH, &[("result", v)])),
             client_to_upstream: r
@@ -196,6 +207,9 @@ impl Metrics {
         };
         m.active_pending.set(0.0);
         m.active_established.set(0.0);
+        for g in &m.upstream_up {
+            g.set(0.0);
+        }
         m
     }
 
@@ -217,6 +231,13 @@ impl Metrics {
     pub fn upstream_error(&self, server_index: usize) {
         if let Some(c) = self.upstream_errors.get(server_index) {
             c.increment(1);
+        }
+    }
+
+    /// Records whether upstream server `server_index` answered its latest dial or probe.
+    pub fn upstream_up(&self, server_index: usize, up: bool) {
+        if let Some(g) = self.upstream_up.get(server_index) {
+            g.set(if up { 1.0 } else { 0.0 });
         }
     }
 
@@ -291,7 +312,7 @@ impl Registrar<'_> {
             CONNECT_WAIT | TLS_HANDSHAKE | UPSTREAM_CONNECT => {
                 self.0.describe_histogram(key, unit, help)
             }
-            CONNECTIONS_ACTIVE | TLS_CERT_EXPIRY | BUILD_INFO => {
+            CONNECTIONS_ACTIVE | TLS_CERT_EXPIRY | BUILD_INFO | UPSTREAM_UP => {
                 self.0.describe_gauge(key, unit, help)
             }
             _ => self.0.describe_counter(key, unit, help),
@@ -323,6 +344,16 @@ mod tests {
         );
         assert!(
             text.contains("natsgate_upstream_errors_total{server=\"nats://a:4222\"} 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("natsgate_upstream_up{server=\"nats://a:4222\"} 0"),
+            "{text}"
+        );
+        m.upstream_up(0, true);
+        assert!(
+            m.render()
+                .contains("natsgate_upstream_up{server=\"nats://a:4222\"} 1"),
             "{text}"
         );
         assert!(text.contains("natsgate_build_info{version="), "{text}");

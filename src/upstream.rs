@@ -132,6 +132,7 @@ impl Upstreams {
                         .upstream_connect
                         .record(started.elapsed().as_secs_f64());
                     self.down_until[i].store(0, Ordering::Relaxed);
+                    self.metrics.upstream_up(i, true);
                     self.last_ok.store(self.now_ms(), Ordering::Relaxed);
                     return Ok(UpstreamConn {
                         stream,
@@ -140,10 +141,14 @@ impl Upstreams {
                     });
                 }
                 Ok(Err(e)) => last_err = format!("{server}: {e}"),
-                Err(_) if limit == deadline => return Err(DialError::Deadline),
+                Err(_) if limit == deadline => {
+                    self.metrics.upstream_up(i, false);
+                    return Err(DialError::Deadline);
+                }
                 Err(_) => last_err = format!("{server}: no INFO within {:?}", self.connect_timeout),
             }
             self.metrics.upstream_error(i);
+            self.metrics.upstream_up(i, false);
             // Warn when a server goes down, not on every attempt while it stays down.
             let until = self.now_ms() + DOWN_BACKOFF.as_millis() as u64;
             if self.down_until[i].swap(until, Ordering::Relaxed) == 0 {
