@@ -62,8 +62,8 @@ CONF
 
 NATS_PID=""; GATE_PID=""
 cleanup() {
-  [ -n "$GATE_PID" ] && kill "$GATE_PID" 2>/dev/null || true
-  [ -n "$NATS_PID" ] && kill "$NATS_PID" 2>/dev/null || true
+  if [ -n "$GATE_PID" ]; then kill "$GATE_PID" 2>/dev/null || true; fi
+  if [ -n "$NATS_PID" ]; then kill "$NATS_PID" 2>/dev/null || true; fi
   wait 2>/dev/null || true
 }
 trap cleanup EXIT
@@ -83,7 +83,7 @@ metrics >/dev/null
 
 sample() {  # label -> "label,fds,threads,rss_kib,pending,established"
   local fds threads rss
-  fds=$(ls "/proc/$GATE_PID/fd" | wc -l)
+  fds=$(find "/proc/$GATE_PID/fd" -mindepth 1 -maxdepth 1 | wc -l)
   threads=$(awk '/^Threads:/ {print $2}' "/proc/$GATE_PID/status")
   rss=$(awk '/^VmRSS:/ {print $2}' "/proc/$GATE_PID/status")
   echo "$1,$fds,$threads,$rss,$(active),$(established)"
@@ -94,7 +94,7 @@ drain() {  # wait until no connection is open, then let idle threads retire
     [ "$(active)" = "0" ] && [ "$(established)" = "0" ] && break
     sleep 0.1
   done
-  sleep "${1:-12}"
+  sleep 12
 }
 
 echo "label,fds,threads,rss_kib,pending,established" >"$OUT/samples.csv"

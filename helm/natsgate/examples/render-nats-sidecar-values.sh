@@ -6,7 +6,7 @@
 #   helm install nats nats/nats -f nats-values.yaml
 #
 # Without arguments it uses helm/natsgate/ci/sidecar-values.yaml, which is how
-# examples/nats-sidecar-values.yaml is made (deploy/check.sh fails if that file is stale).
+# examples/nats-sidecar-values.yaml is made (deploy/tests fails if that file is stale).
 # The values come from the chart's named template "natsgate.natsChartValues" (templates/
 # _helpers.tpl), rendered through a throw-away parent chart that has natsgate as a subchart.
 # Needs helm (HELM=/path/to/helm to pick one) and nothing else; works offline.
