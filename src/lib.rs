@@ -21,7 +21,8 @@
 //! | [`relay`]    | the spliced byte stream, byte counts, half-close |
 //! | [`listener`] | accept loop, limits, graceful shutdown |
 //! | [`metrics`]  | metric names, the Prometheus recorder |
-//! | [`admin`]    | `/metrics` `/livez` `/healthz` `/readyz` |
+//! | [`admin`]    | `/metrics` `/livez` `/healthz` `/readyz`, bounded against floods |
+//! | [`fdlimit`]  | `RLIMIT_NOFILE`: raised at start-up, shared out between clients and reserve |
 //!
 //! `main.rs` is only the command line. Tests start the proxy in-process with [`Gateway::new`]
 //! and [`Gateway::run`] on listeners they bound to port 0.
@@ -30,6 +31,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod fdlimit;
 pub mod listener;
 pub mod metrics;
 pub mod protocol;

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use natsgate::config::{Config, LogFormat};
+use natsgate::fdlimit::{self, Budget};
 use natsgate::Gateway;
 
 /// A NATS-aware proxy: TLS termination and the authorization window in front of nats-server.
@@ -28,13 +29,38 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // As Go programs do (nats-server among them): use the whole hard limit, then share it out.
+    let nofile = fdlimit::raise_nofile();
+    let budget = Budget::for_limit(nofile.after);
     if cli.check_config {
-        return check_config(config);
+        return check_config(config, &nofile, &budget);
     }
     init_logging(&config);
     for w in &config.warnings {
         tracing::warn!("{w}");
     }
+    let (limit, clients, admin) = (budget.limit, budget.clients, budget.admin_connections);
+    if nofile.error.is_some() {
+        tracing::warn!(
+            limit,
+            clients,
+            admin_connections = admin,
+            "{}",
+            nofile.describe()
+        );
+    } else {
+        tracing::info!(
+            limit,
+            clients,
+            admin_connections = admin,
+            "{}",
+            nofile.describe()
+        );
+    }
+    if let Some(w) = budget.check(config.listener.max_connections) {
+        tracing::warn!("{w}");
+    }
+    fdlimit::install(budget);
     tracing::info!("{}", config.upstream_timer_note());
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -49,17 +75,27 @@ fn main() -> ExitCode {
     runtime.block_on(run(config))
 }
 
-fn check_config(config: Config) -> ExitCode {
+fn check_config(config: Config, nofile: &fdlimit::Raise, budget: &Budget) -> ExitCode {
     // Certificates, keys and the seed are part of the configuration: load them too.
     let described = config.describe();
     let warnings = config.warnings.clone();
     let note = config.upstream_timer_note();
+    let descriptors = budget.check(config.listener.max_connections);
     if let Err(e) = Gateway::new(config) {
         eprintln!("natsgate: invalid configuration: {e}");
         return ExitCode::from(2);
     }
     print!("{described}");
     for w in warnings {
+        println!("warning: {w}");
+    }
+    println!(
+        "{}: holds {} clients and {} admin connections",
+        nofile.describe(),
+        budget.clients,
+        budget.admin_connections
+    );
+    if let Some(w) = descriptors {
         println!("warning: {w}");
     }
     println!("{note}");
