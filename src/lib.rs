@@ -25,7 +25,8 @@
 //! | `session`    | one connection: the pending phases, then the hand-off to the relay |
 //! | `relay`      | the spliced byte stream, byte counts, half-close |
 //! | [`metrics`]  | metric names, the Prometheus recorder |
-//! | `admin`      | `/metrics` `/livez` `/healthz` `/readyz` |
+//! | `admin`      | `/metrics` `/livez` `/healthz` `/readyz`, bounded against floods |
+//! | [`fdlimit`]  | `RLIMIT_NOFILE`: raised at start-up, shared out between clients and reserve |
 //!
 //! `main.rs` is only the command line. Tests start the proxy in-process with [`Gateway::new`]
 //! and [`Gateway::run`] on listeners they bound to port 0.
@@ -34,6 +35,7 @@
 
 mod admin;
 pub mod config;
+pub mod fdlimit;
 pub mod gateway;
 mod limits;
 mod listener;

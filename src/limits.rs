@@ -36,7 +36,9 @@ impl Limits {
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         let ip_count = per_ip.get(&ip).copied().unwrap_or(0);
-        if self.open.load(Ordering::Relaxed) >= cfg.max_connections
+        // The descriptor budget caps max_connections so the table never runs full.
+        let max_connections = cfg.max_connections.min(crate::fdlimit::client_cap());
+        if self.open.load(Ordering::Relaxed) >= max_connections
             || self.pending.load(Ordering::Relaxed) >= cfg.max_pending
             || ip_count >= cfg.max_pending_per_ip
         {

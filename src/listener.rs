@@ -107,7 +107,7 @@ fn limit_info(shared: &Shared, strip_connect_urls: bool) -> Vec<u8> {
 const MINIMAL_INFO: &[u8] = b"INFO {\"server_id\":\"natsgate\",\"server_name\":\"natsgate\",\"proto\":1,\"max_payload\":1048576}";
 
 /// Errors that concern only the connection being accepted, not the listener.
-fn is_per_connection(e: &std::io::Error) -> bool {
+pub(crate) fn is_per_connection(e: &std::io::Error) -> bool {
     use std::io::ErrorKind::*;
     matches!(
         e.kind(),

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use natsgate::config::{Config, LogFormat};
+use natsgate::fdlimit::{self, Budget};
 use natsgate::Gateway;
 
 /// A NATS-aware proxy: TLS termination and the authorization window in front of nats-server.
@@ -28,13 +29,38 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // As Go programs do (nats-server among them): use the whole hard limit, then share it out.
+    let nofile = fdlimit::raise_nofile();
+    let budget = Budget::for_limit(nofile.after);
     if cli.check_config {
-        return check_config(config);
+        return check_config(config, &nofile, &budget);
     }
     init_logging(&config);
     for w in &config.warnings {
         tracing::warn!("{w}");
     }
+    let (limit, clients, admin) = (budget.limit, budget.clients, budget.admin_connections);
+    if nofile.error.is_some() {
+        tracing::warn!(
+            limit,
+            clients,
+            admin_connections = admin,
+            "{}",
+            nofile.describe()
+        );
+    } else {
+        tracing::info!(
+            limit,
+            clients,
+            admin_connections = admin,
+            "{}",
+            nofile.describe()
+        );
+    }
+    if let Some(w) = budget.check(config.listener.max_connections) {
+        tracing::warn!("{w}");
+    }
+    fdlimit::install(budget);
     tracing::info!("{}", config.upstream_timer_note());
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -53,7 +79,7 @@ fn main() -> ExitCode {
 /// the configuration itself, serialised (so this list cannot drift from the schema), headed by
 /// the resolved authorization window; warnings and the upstream-timer note follow as comments,
 /// so the output is itself a valid `proxy.toml`.
-fn check_config(config: Config) -> ExitCode {
+fn check_config(config: Config, nofile: &fdlimit::Raise, budget: &Budget) -> ExitCode {
     let effective = match toml::to_string(&config) {
         Ok(t) => t,
         Err(e) => {
@@ -68,6 +94,7 @@ fn check_config(config: Config) -> ExitCode {
     );
     let warnings = config.warnings.clone();
     let note = config.upstream_timer_note();
+    let descriptors = budget.check(config.listener.max_connections);
     // Certificates, keys and the seed are part of the configuration: load them too.
     if let Err(e) = Gateway::new(config) {
         eprintln!("natsgate: invalid configuration: {e}");
@@ -80,6 +107,15 @@ fn check_config(config: Config) -> ExitCode {
     print!("{effective}");
     println!();
     for w in warnings {
+        println!("# warning: {w}");
+    }
+    println!(
+        "# {}: holds {} clients and {} admin connections",
+        nofile.describe(),
+        budget.clients,
+        budget.admin_connections
+    );
+    if let Some(w) = descriptors {
         println!("# warning: {w}");
     }
     println!("# {note}");
