@@ -182,4 +182,3 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
         )
     }
 }
-
