@@ -40,7 +40,7 @@ impl Limits {
         let max_connections = cfg.max_connections.min(crate::fdlimit::client_cap());
         if self.open.load(Ordering::Relaxed) >= max_connections
             || self.pending.load(Ordering::Relaxed) >= cfg.max_pending
-            || ip_count >= cfg.max_pending_per_ip
+            || ip_count >= cfg.pending_per_ip_cap()
         {
             return None;
         }

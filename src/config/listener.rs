@@ -23,9 +23,16 @@ pub struct ListenerConfig {
     #[serde(default = "value::int::<4_096>", deserialize_with = "value::non_zero")]
     pub max_pending: usize,
     /// Pending connections per client IP address, so one host cannot take all of
-    /// `max_pending`.
-    #[serde(default = "value::int::<64>", deserialize_with = "value::non_zero")]
-    pub max_pending_per_ip: usize,
+    /// `max_pending`. When set, a hard cap. When unset, an address may hold up to half of
+    /// `max_pending` ([`ListenerConfig::pending_per_ip_cap`]): a NAT gateway's or a node's
+    /// reconnect storm after a nats-server restart gets through, while one address can never
+    /// take the pending slots other addresses need.
+    #[serde(
+        default,
+        deserialize_with = "value::optional_non_zero",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_pending_per_ip: Option<usize>,
     /// Longest CONNECT line accepted, in bytes (nats-server's `max_control_line` default);
     /// below 64 no CONNECT fits.
     #[serde(
@@ -37,4 +44,13 @@ pub struct ListenerConfig {
 
 fn default_bind() -> SocketAddr {
     SocketAddr::from(([0, 0, 0, 0], 4222))
+}
+
+impl ListenerConfig {
+    /// The pending connections one address may hold: `max_pending_per_ip` when set, else half
+    /// of `max_pending` (at least 1).
+    pub fn pending_per_ip_cap(&self) -> usize {
+        self.max_pending_per_ip
+            .unwrap_or((self.max_pending / 2).max(1))
+    }
 }

@@ -245,7 +245,8 @@ mod tests {
         assert_eq!(c.listener.bind.to_string(), "0.0.0.0:4222");
         assert_eq!(c.listener.max_connections, 65_536);
         assert_eq!(c.listener.max_pending, 4_096);
-        assert_eq!(c.listener.max_pending_per_ip, 64);
+        assert_eq!(c.listener.max_pending_per_ip, None);
+        assert_eq!(c.listener.pending_per_ip_cap(), 2048);
         assert_eq!(c.listener.max_control_line, 4_096);
         assert_eq!(c.upstream.connect_timeout, Duration::from_secs(2));
         assert_eq!(c.upstream.proxy_protocol, ProxyProtocol::Off);

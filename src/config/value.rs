@@ -91,6 +91,14 @@ pub(crate) fn non_zero<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Erro
     at_least::<1, D>(d)
 }
 
+/// `#[serde(default, deserialize_with = "value::optional_non_zero")]`: an optional limit that,
+/// when given, must be greater than 0.
+pub(crate) fn optional_non_zero<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<usize>, D::Error> {
+    non_zero(d).map(Some)
+}
+
 /// `#[serde(deserialize_with = "value::non_empty")]`: a list with at least one entry.
 pub(crate) fn non_empty<'de, T, D>(d: D) -> Result<Vec<T>, D::Error>
 where

@@ -89,7 +89,9 @@ basic string.
 bind = "0.0.0.0:{{ int .Values.ports.client }}"
 max_connections = {{ int $c.listener.max_connections }}
 max_pending = {{ int $c.listener.max_pending }}
+{{- if $c.listener.max_pending_per_ip }}
 max_pending_per_ip = {{ int $c.listener.max_pending_per_ip }}
+{{- end }}
 max_control_line = {{ int $c.listener.max_control_line }}
 
 [authorization]
