@@ -169,10 +169,13 @@ impl Config {
     /// moment it sends INFO, which is already running while the client talks to natsgate.
     pub fn upstream_timer_note(&self) -> String {
         format!(
-            "note: nats-server starts its own authorization timer when it sends INFO (2s by default, \
-             tls.timeout + 1 with TLS). natsgate's window ({}) must be shorter than that, or raise \
-             nats-server's `authorization {{ timeout }}`; otherwise slow clients are dropped by \
-             nats-server first",
+            "note: upstream.dial = {:?}. When natsgate dials on accept (`on_accept`, or `auto` \
+             while the upstream INFO carries a nonce), nats-server starts its own authorization \
+             timer when it sends INFO (2s by default, tls.timeout + 1 with TLS): natsgate's window \
+             ({}) must be shorter than that, or raise nats-server's `authorization {{ timeout }}`; \
+             otherwise slow clients are dropped by nats-server first. With `after_connect` the two \
+             timers are independent",
+            self.upstream.dial,
             value::show_secs(self.auth_timeout)
         )
     }

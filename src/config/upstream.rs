@@ -34,6 +34,10 @@ pub struct UpstreamConfig {
     /// TLS towards the servers; absent means plaintext unless a server's INFO requires TLS.
     #[serde(default)]
     pub tls: Option<UpstreamTlsConfig>,
+    /// When a client's upstream connection is made: at accept, or only once its CONNECT has
+    /// arrived (so clients that never authenticate never cost nats-server a connection).
+    #[serde(default)]
+    pub dial: DialMode,
 }
 
 /// One upstream nats-server, written `nats://host:port`, `tls://host:port` or `host:port`
@@ -129,6 +133,22 @@ pub enum ProxyProtocol {
     V1,
     /// The binary header.
     V2,
+}
+
+/// `upstream.dial`: when natsgate dials nats-server for a client.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DialMode {
+    /// `after_connect` while the latest upstream INFO has no `nonce`, `on_accept` while it has
+    /// one (nkey and JWT clients sign it, so their INFO must come from nats-server) or before
+    /// any upstream INFO has been seen; decided per connection.
+    #[default]
+    Auto,
+    /// Dial at accept and relay nats-server's own INFO (and nonce).
+    OnAccept,
+    /// Answer with natsgate's own INFO (built from the latest upstream INFO, no nonce) and
+    /// dial only once a well-formed CONNECT has arrived.
+    AfterConnect,
 }
 
 /// `[upstream.tls]`: TLS towards the servers.
