@@ -5,11 +5,11 @@
 mod common;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
-use futures::StreamExt;
+use natsgate::metrics::Reject;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -17,55 +17,20 @@ use tokio::net::{TcpListener, TcpStream};
 // Helpers.
 // ---------------------------------------------------------------------------------------------
 
-/// A client through natsgate that completed CONNECT and got PONG.
-async fn established(proxy: &Proxy) -> TcpStream {
-    let (mut s, info) = raw_connect(proxy.addr).await;
-    assert!(info.starts_with("INFO {"), "{info:?}");
-    s.write_all(connect_line(USER, PASS).as_bytes())
-        .await
-        .unwrap();
-    s.write_all(b"PING\r\n").await.unwrap();
-    assert_eq!(read_op(&mut s).await, "PONG\r\n");
-    s
-}
-
-async fn assert_nothing_open(handle: &natsgate::Handle) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let m = handle.render_metrics();
-        let (p, e, o) = (
-            active(&m, "pending"),
-            active(&m, "established"),
-            handle.open_connections(),
-        );
-        if p == 0.0 && e == 0.0 && o == 0 {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "left open: pending {p}, established {e}, open {o}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// TCP sockets in this network namespace (IPv4), from /proc/net/tcp: (local port, remote
 /// port, state). State 0x0A is LISTEN, 0x06 TIME_WAIT, 0x08 CLOSE_WAIT.
 fn tcp_sockets() -> Vec<(u16, u16, u8)> {
     let text = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    let port = |a: &str| {
+        a.rsplit_once(':')
+            .and_then(|(_, p)| u16::from_str_radix(p, 16).ok())
+    };
     text.lines()
         .skip(1)
         .filter_map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
-            let port = |a: &str| {
-                a.rsplit_once(':')
-                    .and_then(|(_, p)| u16::from_str_radix(p, 16).ok())
-            };
-            Some((
-                port(f.get(1)?)?,
-                port(f.get(2)?)?,
-                u8::from_str_radix(f.get(3)?, 16).ok()?,
-            ))
+            let state = u8::from_str_radix(f.get(3)?, 16).ok()?;
+            Some((port(f.get(1)?)?, port(f.get(2)?)?, state))
         })
         .collect()
 }
@@ -73,20 +38,20 @@ fn tcp_sockets() -> Vec<(u16, u16, u8)> {
 /// natsgate holds no socket for `proxy_port` (other than its listener) and none towards
 /// `upstream_port` (other than TIME_WAIT, which the kernel owns): no descriptor leaked.
 async fn assert_no_sockets(proxy_port: u16, upstream_port: u16) {
-    let mut left = Vec::new();
-    for _ in 0..100 {
-        left = tcp_sockets()
-            .into_iter()
-            .filter(|&(l, r, st)| {
-                (l == proxy_port && st != 0x0A && st != 0x06) || (r == upstream_port && st == 0x08)
-            })
-            .collect();
-        if left.is_empty() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("sockets left open (local, remote, state): {left:?}");
+    let mut left: Vec<(u16, u16, u8)>;
+    assert_eventually!(
+        {
+            left = tcp_sockets()
+                .into_iter()
+                .filter(|&(l, r, st)| {
+                    (l == proxy_port && st != 0x0A && st != 0x06)
+                        || (r == upstream_port && st == 0x08)
+                })
+                .collect();
+            left.is_empty()
+        },
+        "sockets left open (local, remote, state): {left:?}"
+    );
 }
 
 /// A fake upstream: accepts connections and hands each to `serve`. Counts connections and
@@ -94,43 +59,57 @@ async fn assert_no_sockets(proxy_port: u16, upstream_port: u16) {
 struct Fake {
     url: String,
     accepted: Arc<AtomicUsize>,
-    lifetimes: Arc<std::sync::Mutex<Vec<Duration>>>,
+    lifetimes: Arc<Mutex<Vec<Duration>>>,
 }
 
-async fn fake_upstream<F, Fut>(serve: F) -> Fake
-where
-    F: Fn(TcpStream) -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    fake_on(l, serve)
-}
+impl Fake {
+    async fn start<F, Fut>(serve: F) -> Fake
+    where
+        F: Fn(TcpStream) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        Fake::on(TcpListener::bind("127.0.0.1:0").await.unwrap(), serve)
+    }
 
-fn fake_on<F, Fut>(l: TcpListener, serve: F) -> Fake
-where
-    F: Fn(TcpStream) -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
-    let url = format!("nats://{}", l.local_addr().unwrap());
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let lifetimes = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let (a, lt) = (accepted.clone(), lifetimes.clone());
-    let serve = Arc::new(serve);
-    tokio::spawn(async move {
-        while let Ok((s, _)) = l.accept().await {
-            a.fetch_add(1, Ordering::Relaxed);
-            let (serve, lt) = (serve.clone(), lt.clone());
-            tokio::spawn(async move {
-                let t = Instant::now();
-                serve(s).await;
-                lt.lock().unwrap().push(t.elapsed());
-            });
-        }
-    });
-    Fake {
-        url,
-        accepted,
-        lifetimes,
+    fn on<F, Fut>(l: TcpListener, serve: F) -> Fake
+    where
+        F: Fn(TcpStream) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let fake = Fake {
+            url: format!("nats://{}", l.local_addr().unwrap()),
+            accepted: Arc::default(),
+            lifetimes: Arc::default(),
+        };
+        let (a, lt) = (fake.accepted.clone(), fake.lifetimes.clone());
+        let serve = Arc::new(serve);
+        tokio::spawn(async move {
+            while let Ok((s, _)) = l.accept().await {
+                a.fetch_add(1, Ordering::Relaxed);
+                let (serve, lt) = (serve.clone(), lt.clone());
+                tokio::spawn(async move {
+                    let t = Instant::now();
+                    serve(s).await;
+                    lt.lock().unwrap().push(t.elapsed());
+                });
+            }
+        });
+        fake
+    }
+
+    fn closed(&self) -> usize {
+        self.lifetimes.lock().unwrap().len()
+    }
+
+    /// natsgate without the admin endpoints (so that no readiness probe dials the fake behind
+    /// the test's back: every upstream connection is a client's), in front of `servers`.
+    async fn proxy(servers: &[&String], window: f64, connect_timeout: f64) -> Proxy {
+        ProxyConfig::new(servers)
+            .window(window)
+            .set("upstream.connect_timeout", secs(connect_timeout))
+            .without_admin()
+            .start()
+            .await
     }
 }
 
@@ -144,43 +123,12 @@ async fn hold(mut s: TcpStream) {
     }
 }
 
-/// natsgate without the admin endpoints, so that no readiness probe dials the (fake) upstream
-/// behind the test's back: every upstream connection is a client's. Metrics come straight
-/// from the handle.
-struct BareProxy {
-    addr: std::net::SocketAddr,
-    handle: natsgate::Handle,
-    _dir: tempfile::TempDir,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl BareProxy {
-    async fn start(toml: &str) -> BareProxy {
-        let dir = tempfile::tempdir().unwrap();
-        let path = write_file(dir.path(), "proxy.toml", toml);
-        let config = natsgate::config::Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let gateway = natsgate::Gateway::new(config).unwrap_or_else(|e| panic!("{e}"));
-        let handle = gateway.handle();
-        let task = tokio::spawn(gateway.run(listener, None, std::future::pending()));
-        BareProxy {
-            addr,
-            handle,
-            _dir: dir,
-            task,
-        }
-    }
-
-    fn metrics(&self) -> String {
-        self.handle.render_metrics()
-    }
-}
-
-impl Drop for BareProxy {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+/// A raw client with no INFO expected: returns what came back, whether it closed, and when.
+async fn closed_without_info(proxy: &Proxy, limit: Duration) -> (Vec<u8>, bool, Duration) {
+    let started = Instant::now();
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    let (got, closed) = read_until_closed(&mut s, limit).await;
+    (got, closed, started.elapsed())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -193,24 +141,26 @@ impl Drop for BareProxy {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_killed_mid_stream_closes_every_client_promptly_and_leaks_nothing() {
     let mut nats = NatsServer::start("");
-    let nats_port = nats.port;
-    let proxy = Proxy::start(&config_for(&[nats.url()], "2", "")).await;
+    let proxy = nats.gate().start().await;
     // The proxy's own background tasks are up once it has served a scrape.
     proxy.metrics().await;
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let tasks_before = tokio::runtime::Handle::current()
-        .metrics()
-        .num_alive_tasks();
+    let alive_tasks = || {
+        tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks()
+    };
+    let tasks_before = alive_tasks();
 
     let mut clients = Vec::new();
     for _ in 0..8 {
-        let mut s = established(&proxy).await;
+        let mut s = proxy.established().await;
         s.write_all(b"SUB stream 1\r\nPING\r\n").await.unwrap();
         assert_eq!(read_op(&mut s).await, "PONG\r\n");
         clients.push(s);
     }
     // Traffic in flight: one publisher streams to all subscribers until the server dies.
-    let mut publisher = established(&proxy).await;
+    let mut publisher = proxy.established().await;
     let pump = tokio::spawn(async move {
         let msg = b"PUB stream 16\r\n0123456789abcdef\r\n".repeat(64);
         while publisher.write_all(&msg).await.is_ok() {
@@ -218,22 +168,22 @@ async fn nats_killed_mid_stream_closes_every_client_promptly_and_leaks_nothing()
         }
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let m = proxy.metrics().await;
-    assert_eq!(active(&m, "established"), 9.0);
+    assert_eq!(proxy.metrics().await.active("established"), 9.0);
 
     let killed = Instant::now();
     nats.stop();
-    let mut readers = Vec::new();
-    for mut s in clients {
-        readers.push(tokio::spawn(async move {
-            let (got, closed) = read_until_closed(&mut s, Duration::from_secs(5)).await;
-            (got.len(), closed, Instant::now())
-        }));
-    }
+    let readers: Vec<_> = clients
+        .into_iter()
+        .map(|mut s| {
+            tokio::spawn(async move {
+                let (_, closed) = read_until_closed(&mut s, Duration::from_secs(5)).await;
+                (closed, killed.elapsed())
+            })
+        })
+        .collect();
     for r in readers {
-        let (_bytes, closed, at) = r.await.unwrap();
+        let (closed, after) = r.await.unwrap();
         assert!(closed, "a client was left open after nats-server died");
-        let after = at - killed;
         assert!(
             after < Duration::from_secs(1),
             "closed only {after:?} after the kill"
@@ -241,24 +191,12 @@ async fn nats_killed_mid_stream_closes_every_client_promptly_and_leaks_nothing()
     }
     let _ = tokio::time::timeout(Duration::from_secs(5), pump).await;
 
-    assert_nothing_open(&proxy.handle).await;
-    let m = proxy.metrics().await;
-    assert_eq!(active(&m, "pending"), 0.0);
-    assert_eq!(active(&m, "established"), 0.0);
-    assert_no_sockets(proxy.addr.port(), nats_port).await;
-    let mut tasks = 0;
-    for _ in 0..100 {
-        tasks = tokio::runtime::Handle::current()
-            .metrics()
-            .num_alive_tasks();
-        if tasks <= tasks_before {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(
-        tasks <= tasks_before,
-        "tasks: {tasks_before} before, {tasks} after"
+    proxy.assert_nothing_open().await;
+    assert_no_sockets(proxy.addr.port(), nats.port).await;
+    assert_eventually!(
+        alive_tasks() <= tasks_before,
+        "tasks: {tasks_before} before, {} after",
+        alive_tasks()
     );
 }
 
@@ -267,10 +205,11 @@ async fn nats_killed_mid_stream_closes_every_client_promptly_and_leaks_nothing()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_restarted_clients_reconnect_through_natsgate() {
     let mut nats = NatsServer::start("");
-    let proxy = Proxy::start(&config_for(&[nats.url()], "2", "")).await;
+    let proxy = nats.gate().start().await;
     let connects = Arc::new(AtomicUsize::new(0));
-    let connect = |counter: Arc<AtomicUsize>| {
-        async_nats::ConnectOptions::with_user_and_password(USER.into(), PASS.into())
+    let connect = || {
+        let counter = connects.clone();
+        client_options()
             .event_callback(move |e| {
                 let c = counter.clone();
                 async move {
@@ -281,96 +220,55 @@ async fn nats_restarted_clients_reconnect_through_natsgate() {
             })
             .connect(proxy.url())
     };
-    let responder = connect(connects.clone()).await.unwrap();
-    let requester = connect(connects.clone()).await.unwrap();
-    let mut svc = responder.subscribe("svc").await.unwrap();
-    let r2 = responder.clone();
-    let echo = tokio::spawn(async move {
-        while let Some(m) = svc.next().await {
-            if let Some(reply) = m.reply {
-                let _ = r2.publish(reply, m.payload).await;
-            }
-        }
-    });
-    let ask = |n: u32| {
+    let responder = connect().await.unwrap();
+    let requester = connect().await.unwrap();
+    let echo = Echo::start(&responder, "svc").await;
+    let answered = |n: u32| {
         let requester = requester.clone();
         async move {
-            for _ in 0..200 {
-                if let Ok(Ok(m)) = tokio::time::timeout(
-                    Duration::from_secs(1),
-                    requester.request("svc", n.to_string().into()),
-                )
-                .await
-                {
-                    assert_eq!(m.payload.as_ref(), n.to_string().as_bytes());
-                    return true;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            false
+            let r = tokio::time::timeout(
+                Duration::from_secs(1),
+                requester.request("svc", n.to_string().into()),
+            );
+            matches!(r.await, Ok(Ok(m)) if m.payload.as_ref() == n.to_string().as_bytes())
         }
     };
-    assert!(ask(1).await, "request/reply before the restart");
+    assert_eventually!(answered(1).await, "request/reply before the restart");
     let before = connects.load(Ordering::Relaxed);
 
     nats.restart();
-    let back = eventually(Duration::from_secs(20), || {
-        connects.load(Ordering::Relaxed) >= before + 2
-    })
-    .await;
-    assert!(
-        back,
+    assert_eventually!(
+        within Duration::from_secs(20); connects.load(Ordering::Relaxed) >= before + 2,
         "both clients reconnected through natsgate ({} connects)",
         connects.load(Ordering::Relaxed)
     );
-    assert!(
-        ask(2).await,
+    assert_eventually!(
+        within Duration::from_secs(20); answered(2).await,
         "request/reply after the restart (the subscription came back)"
     );
     let m = proxy.metrics().await;
-    assert_eq!(active(&m, "established"), 2.0, "{m}");
-    assert_eq!(active(&m, "pending"), 0.0);
+    assert_eq!(m.active("established"), 2.0, "{m}");
+    assert_eq!(m.active("pending"), 0.0);
     // The reconnected clients really are on the new server process.
     let connz = nats.monitor("/connz").await;
     assert_eq!(connz["num_connections"], 2, "{connz}");
 
-    echo.abort();
-    drop(requester);
-    drop(responder);
-    assert_nothing_open(&proxy.handle).await;
+    echo.stop().await;
+    drop((requester, responder));
+    proxy.assert_nothing_open().await;
 }
 
 // ---------------------------------------------------------------------------------------------
 // One of three cluster members down.
 // ---------------------------------------------------------------------------------------------
 
-fn cluster() -> Vec<NatsServer> {
-    let ports = [free_port(), free_port(), free_port()];
-    (0..3)
-        .map(|i| {
-            let routes = ports
-                .iter()
-                .enumerate()
-                .filter(|&(j, _)| j != i)
-                .map(|(_, p)| format!("\"nats-route://127.0.0.1:{p}\""))
-                .collect::<Vec<_>>()
-                .join(", ");
-            NatsServer::start(&format!(
-                "cluster {{ name: c3, listen: 127.0.0.1:{}, routes: [{routes}] }}",
-                ports[i]
-            ))
-        })
-        .collect()
-}
-
 /// Opens `n` clients one after the other; returns how long each took to get PONG.
 async fn timed_clients(proxy: &Proxy, n: usize) -> Vec<Duration> {
     let mut times = Vec::new();
     for _ in 0..n {
         let t = Instant::now();
-        let s = established(proxy).await;
+        drop(proxy.established().await);
         times.push(t.elapsed());
-        drop(s);
     }
     times
 }
@@ -379,9 +277,9 @@ async fn timed_clients(proxy: &Proxy, n: usize) -> Vec<Duration> {
 /// once, and the dead one is tried at most once in the down period, not on every connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_of_three_members_refusing_costs_nothing() {
-    let mut members = cluster();
+    let mut members = NatsServer::cluster(3);
     let urls: Vec<String> = members.iter().map(|m| m.url()).collect();
-    let proxy = Proxy::start(&config_for(&urls, "2", "")).await;
+    let proxy = ProxyConfig::new(&urls).start().await;
     timed_clients(&proxy, 3).await;
     members[1].stop();
     let times = timed_clients(&proxy, 12).await;
@@ -392,32 +290,27 @@ async fn one_of_three_members_refusing_costs_nothing() {
         );
     }
     let m = proxy.metrics().await;
-    let errors = metric(
-        &m,
-        "natsgate_upstream_errors_total",
-        &[("server", &urls[1])],
-    );
+    let errors = m.get("natsgate_upstream_errors_total", &[("server", &urls[1])]);
     assert!(
         (1.0..=2.0).contains(&errors),
         "the dead member was tried {errors} times for 12 clients"
     );
-    assert_eq!(rejected(&m, "upstream_unavailable"), 0.0);
-    assert_nothing_open(&proxy.handle).await;
+    assert_eq!(m.rejected(Reject::UpstreamUnavailable), 0.0);
+    proxy.assert_nothing_open().await;
 }
 
 /// A member hangs (accepts TCP, never sends INFO): the first client that meets it waits out
 /// `connect_timeout` and is then served by another member; the clients after it do not wait.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_of_three_members_hung_only_the_first_client_waits() {
-    let mut members = cluster();
+    let mut members = NatsServer::cluster(3);
     let urls: Vec<String> = members.iter().map(|m| m.url()).collect();
-    let proxy = Proxy::start(&config_for(&urls, "3", "")).await;
+    let proxy = ProxyConfig::new(&urls).window(3.0).start().await;
     timed_clients(&proxy, 3).await;
     let port = members[2].port;
     members[2].stop();
     // Something that accepts on the dead member's port and never speaks: a hung host.
-    let l = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
-    let hung = fake_on(l, hold);
+    let hung = Fake::on(TcpListener::bind(("127.0.0.1", port)).await.unwrap(), hold);
 
     let times = timed_clients(&proxy, 12).await;
     let slow: Vec<usize> = (0..times.len())
@@ -443,14 +336,10 @@ async fn one_of_three_members_hung_only_the_first_client_waits() {
         "the hung member was dialed on every connection"
     );
     let m = proxy.metrics().await;
-    let errors = metric(
-        &m,
-        "natsgate_upstream_errors_total",
-        &[("server", &urls[2])],
-    );
+    let errors = m.get("natsgate_upstream_errors_total", &[("server", &urls[2])]);
     assert_eq!(errors, slow.len() as f64);
-    assert_eq!(rejected(&m, "upstream_unavailable"), 0.0);
-    assert_nothing_open(&proxy.handle).await;
+    assert_eq!(m.rejected(Reject::UpstreamUnavailable), 0.0);
+    proxy.assert_nothing_open().await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -462,41 +351,22 @@ async fn one_of_three_members_hung_only_the_first_client_waits() {
 /// and natsgate closes the hung upstream connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_without_info_the_window_still_holds() {
-    let fake = fake_upstream(hold).await;
-    let proxy = BareProxy::start(&config_with_connect_timeout(
-        std::slice::from_ref(&fake.url),
-        "0.5",
-        "2",
-        "",
-    ))
-    .await;
-    let started = Instant::now();
-    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
-    let (got, closed) = read_until_closed(&mut s, Duration::from_secs(3)).await;
-    let after = started.elapsed();
+    let fake = Fake::start(hold).await;
+    let proxy = Fake::proxy(&[&fake.url], 0.5, 2.0).await;
+    let (got, closed, after) = closed_without_info(&proxy, Duration::from_secs(3)).await;
     assert!(closed);
-    assert_eq!(
-        String::from_utf8_lossy(&got),
-        "-ERR 'Authentication Timeout'\r\n"
-    );
+    assert_eq!(show(&got), "-ERR 'Authentication Timeout'\r\n");
     assert!(
         after >= Duration::from_millis(500) && after < Duration::from_millis(1000),
         "{after:?}"
     );
-    assert!(
-        eventually(Duration::from_secs(2), || fake
-            .lifetimes
-            .lock()
-            .unwrap()
-            .len()
-            == 1)
-        .await,
+    assert_eventually!(
+        fake.closed() == 1,
         "natsgate closed the hung upstream connection"
     );
-    let m = proxy.metrics();
-    assert_eq!(rejected(&m, "auth_timeout"), 1.0);
-    assert_eq!(rejected(&m, "upstream_unavailable"), 0.0);
-    assert_nothing_open(&proxy.handle).await;
+    let m = proxy.metrics().await;
+    m.assert_rejected(&[(Reject::AuthTimeout, 1.0)]);
+    proxy.assert_nothing_open().await;
 }
 
 /// Accepts but never sends INFO, and `connect_timeout` ends first: the server counts as failed
@@ -504,35 +374,20 @@ async fn upstream_without_info_the_window_still_holds() {
 /// a byte (there is no INFO to give it), well inside its window.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_without_info_fails_at_connect_timeout() {
-    let fake = fake_upstream(hold).await;
-    let proxy = BareProxy::start(&config_with_connect_timeout(
-        std::slice::from_ref(&fake.url),
-        "3",
-        "0.5",
-        "",
-    ))
-    .await;
-    let started = Instant::now();
-    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
-    let (got, closed) = read_until_closed(&mut s, Duration::from_secs(3)).await;
-    let after = started.elapsed();
+    let fake = Fake::start(hold).await;
+    let proxy = Fake::proxy(&[&fake.url], 3.0, 0.5).await;
+    let (got, closed, after) = closed_without_info(&proxy, Duration::from_secs(3)).await;
     assert!(closed);
-    assert_eq!(String::from_utf8_lossy(&got), "");
+    assert_eq!(show(&got), "");
     assert!(
         after >= Duration::from_millis(500) && after < Duration::from_millis(1000),
         "{after:?}"
     );
-    let m = proxy.metrics();
-    assert_eq!(rejected(&m, "upstream_unavailable"), 1.0);
-    assert_eq!(
-        metric(
-            &m,
-            "natsgate_upstream_errors_total",
-            &[("server", &fake.url)]
-        ),
-        1.0
-    );
-    assert_nothing_open(&proxy.handle).await;
+    let m = proxy.metrics().await;
+    m.assert_rejected(&[(Reject::UpstreamUnavailable, 1.0)]);
+    let errors = m.get("natsgate_upstream_errors_total", &[("server", &fake.url)]);
+    assert_eq!(errors, 1.0);
+    proxy.assert_nothing_open().await;
 }
 
 /// Malformed first lines from upstream: each is refused as an upstream error, none of its bytes
@@ -540,8 +395,7 @@ async fn upstream_without_info_fails_at_connect_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_info_is_an_upstream_error_and_the_next_server_serves() {
     let nats = NatsServer::start("");
-    let (_d, direct) = raw_connect(format!("127.0.0.1:{}", nats.port).parse().unwrap()).await;
-    let real_id = info_json(&direct)["server_id"].clone();
+    let real_id = info_json(&raw_connect(nats.addr()).await.1)["server_id"].clone();
     let bad_lines: [&[u8]; 6] = [
         b"INFO {\"server_id\":\"FAKE\",\r\n",
         b"INFO [\"FAKE\"] \r\n",
@@ -551,18 +405,12 @@ async fn malformed_info_is_an_upstream_error_and_the_next_server_serves() {
         b"\x00\x01\x02FAKE\xff\xfe\n",
     ];
     for bad in bad_lines {
-        let fake = fake_upstream(move |mut s| async move {
+        let fake = Fake::start(move |mut s| async move {
             let _ = s.write_all(bad).await;
             hold(s).await;
         })
         .await;
-        let proxy = BareProxy::start(&config_with_connect_timeout(
-            &[fake.url.clone(), nats.url()],
-            "2",
-            "1",
-            "",
-        ))
-        .await;
+        let proxy = Fake::proxy(&[&fake.url, &nats.url()], 2.0, 1.0).await;
         let (mut s, info) = raw_connect(proxy.addr).await;
         assert!(
             !info.contains("FAKE"),
@@ -573,65 +421,35 @@ async fn malformed_info_is_an_upstream_error_and_the_next_server_serves() {
             real_id,
             "served by the real server"
         );
-        s.write_all(connect_line(USER, PASS).as_bytes())
+        s.write_all(format!("{}PING\r\n", connect_line(USER, PASS)).as_bytes())
             .await
             .unwrap();
-        s.write_all(b"PING\r\n").await.unwrap();
         assert_eq!(read_op(&mut s).await, "PONG\r\n");
         drop(s);
-        let m = proxy.metrics();
-        assert_eq!(
-            metric(
-                &m,
-                "natsgate_upstream_errors_total",
-                &[("server", &fake.url)]
-            ),
-            1.0,
-            "{:?}",
-            String::from_utf8_lossy(bad)
-        );
-        assert_eq!(rejected(&m, "upstream_unavailable"), 0.0);
-        assert!(
-            eventually(Duration::from_secs(2), || fake
-                .lifetimes
-                .lock()
-                .unwrap()
-                .len()
-                == 1)
-            .await,
-            "natsgate closed the malformed upstream"
-        );
-        assert_nothing_open(&proxy.handle).await;
+        let m = proxy.metrics().await;
+        let errors = m.get("natsgate_upstream_errors_total", &[("server", &fake.url)]);
+        assert_eq!(errors, 1.0, "{:?}", show(bad));
+        assert_eq!(m.rejected(Reject::UpstreamUnavailable), 0.0);
+        assert_eventually!(fake.closed() == 1, "natsgate closed the malformed upstream");
+        proxy.assert_nothing_open().await;
     }
 }
 
 /// With only a malformed upstream, the client is closed without a byte and counted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_info_from_the_only_upstream_closes_the_client() {
-    let fake = fake_upstream(|mut s| async move {
+    let fake = Fake::start(|mut s| async move {
         let _ = s.write_all(b"INFO {\"nonce\":\"x\" \r\n").await;
         hold(s).await;
     })
     .await;
-    let proxy = BareProxy::start(&config_with_connect_timeout(
-        std::slice::from_ref(&fake.url),
-        "2",
-        "1",
-        "",
-    ))
-    .await;
-    let started = Instant::now();
-    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
-    let (got, closed) = read_until_closed(&mut s, Duration::from_secs(3)).await;
-    assert!(
-        closed && started.elapsed() < Duration::from_millis(500),
-        "{:?}",
-        started.elapsed()
-    );
-    assert_eq!(String::from_utf8_lossy(&got), "");
-    let m = proxy.metrics();
-    assert_eq!(rejected(&m, "upstream_unavailable"), 1.0);
-    assert_nothing_open(&proxy.handle).await;
+    let proxy = Fake::proxy(&[&fake.url], 2.0, 1.0).await;
+    let (got, closed, after) = closed_without_info(&proxy, Duration::from_secs(3)).await;
+    assert!(closed && after < Duration::from_millis(500), "{after:?}");
+    assert_eq!(show(&got), "");
+    let m = proxy.metrics().await;
+    m.assert_rejected(&[(Reject::UpstreamUnavailable, 1.0)]);
+    proxy.assert_nothing_open().await;
 }
 
 /// An upstream that streams an endless INFO line (no newline): natsgate stops reading at
@@ -641,7 +459,7 @@ async fn malformed_info_from_the_only_upstream_closes_the_client() {
 async fn oversized_info_is_cut_at_256_kib() {
     let written = Arc::new(AtomicUsize::new(0));
     let w = written.clone();
-    let fake = fake_upstream(move |mut s| {
+    let fake = Fake::start(move |mut s| {
         let w = w.clone();
         async move {
             let mut line = b"INFO {\"server_id\":\"FAKE\",\"connect_urls\":[".to_vec();
@@ -657,31 +475,16 @@ async fn oversized_info_is_cut_at_256_kib() {
         }
     })
     .await;
-    let proxy = BareProxy::start(&config_with_connect_timeout(
-        std::slice::from_ref(&fake.url),
-        "8",
-        "5",
-        "",
-    ))
-    .await;
-    let started = Instant::now();
-    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
-    let (got, closed) = read_until_closed(&mut s, Duration::from_secs(7)).await;
-    let after = started.elapsed();
+    let proxy = Fake::proxy(&[&fake.url], 8.0, 5.0).await;
+    let (got, closed, after) = closed_without_info(&proxy, Duration::from_secs(7)).await;
     assert!(closed);
     assert_eq!(got.len(), 0, "bytes reached the client");
     assert!(
         after < Duration::from_secs(2),
         "natsgate read for {after:?} (connect_timeout is 5 s)"
     );
-    assert!(
-        eventually(Duration::from_secs(3), || fake
-            .lifetimes
-            .lock()
-            .unwrap()
-            .len()
-            == 1)
-        .await,
+    assert_eventually!(
+        within Duration::from_secs(3); fake.closed() == 1,
         "the oversized upstream was closed"
     );
     let lived = fake.lifetimes.lock().unwrap()[0];
@@ -692,17 +495,11 @@ async fn oversized_info_is_cut_at_256_kib() {
         total < 32 * 1024 * 1024,
         "natsgate kept reading: {total} bytes"
     );
-    let m = proxy.metrics();
-    assert_eq!(rejected(&m, "upstream_unavailable"), 1.0);
-    assert_eq!(
-        metric(
-            &m,
-            "natsgate_upstream_errors_total",
-            &[("server", &fake.url)]
-        ),
-        1.0
-    );
-    assert_nothing_open(&proxy.handle).await;
+    let m = proxy.metrics().await;
+    m.assert_rejected(&[(Reject::UpstreamUnavailable, 1.0)]);
+    let errors = m.get("natsgate_upstream_errors_total", &[("server", &fake.url)]);
+    assert_eq!(errors, 1.0);
+    proxy.assert_nothing_open().await;
 }
 
 /// The other side of the limit: a 200 KiB INFO (a big cluster's `connect_urls`) is relayed
@@ -716,15 +513,14 @@ async fn large_info_under_the_limit_is_relayed_whole() {
         "server_id": "BIG", "nonce": "n0nce-big_INFO", "headers": true, "max_payload": 1048576,
         "proto": 1, "connect_urls": urls,
     });
-    let line = format!("INFO {info} \r\n");
+    let line: Arc<str> = format!("INFO {info} \r\n").into();
     assert!(
         line.len() > 200 * 1024 && line.len() < 256 * 1024,
         "{}",
         line.len()
     );
-    let line = Arc::new(line);
     let l2 = line.clone();
-    let fake = fake_upstream(move |mut s| {
+    let fake = Fake::start(move |mut s| {
         let l = l2.clone();
         async move {
             let _ = s.write_all(l.as_bytes()).await;
@@ -732,19 +528,14 @@ async fn large_info_under_the_limit_is_relayed_whole() {
         }
     })
     .await;
-    let proxy = BareProxy::start(&config_with_connect_timeout(
-        std::slice::from_ref(&fake.url),
-        "2",
-        "1",
-        "strip_connect_urls = false\n",
-    ))
-    .await;
-    let (_s, got) = raw_connect(proxy.addr).await;
-    let got = info_json(&got);
+    let proxy = ProxyConfig::new(&[&fake.url])
+        .set("upstream.strip_connect_urls", false)
+        .without_admin()
+        .start()
+        .await;
+    let got = info_json(&raw_connect(proxy.addr).await.1);
     assert_eq!(got["nonce"], "n0nce-big_INFO");
-    assert_eq!(
-        got["connect_urls"].as_array().map(|a| a.len()),
-        Some(12_000)
-    );
+    let relayed_urls = got["connect_urls"].as_array().map(|a| a.len());
+    assert_eq!(relayed_urls, Some(12_000));
     assert_eq!(got, info);
 }

