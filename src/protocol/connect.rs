@@ -282,7 +282,10 @@ mod tests {
         let json = SECRETS
             .iter()
             .map(|(k, v)| format!("\"{k}\":\"{v}\""))
-            .chain(["\"user\":\"u-visible\"".into(), "\"name\":\"n-visible\"".into()])
+            .chain([
+                "\"user\":\"u-visible\"".into(),
+                "\"name\":\"n-visible\"".into(),
+            ])
             .collect::<Vec<_>>()
             .join(",");
         let buf = format!("CONNECT {{{json}}}\r\n");
@@ -290,14 +293,21 @@ mod tests {
         let id = c.client_identity();
         assert_eq!(id.user.as_deref(), Some("u-visible"));
         assert_eq!(id.name.as_deref(), Some("n-visible"));
-        for shown in [format!("{c:?}"), format!("{:?}", c.fields), format!("{id:?}")] {
+        for shown in [
+            format!("{c:?}"),
+            format!("{:?}", c.fields),
+            format!("{id:?}"),
+        ] {
             for (k, secret) in SECRETS {
                 assert!(!shown.contains(secret), "{k}'s value in {shown}");
             }
         }
         // The masking keeps the keys and the loggable values, so the Debug is still useful.
         let shown = format!("{c:?}");
-        assert!(shown.contains("u-visible") && shown.contains("\"pass\""), "{shown}");
+        assert!(
+            shown.contains("u-visible") && shown.contains("\"pass\""),
+            "{shown}"
+        );
         let err = ConnectError::BadArgument("not valid JSON: x".into());
         assert!(!format!("{err:?}").contains("pw-7f3a"));
     }

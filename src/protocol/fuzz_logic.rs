@@ -56,7 +56,10 @@ pub fn follow(
 pub fn check_server_stream(stream: &[u8], reads: &[usize], tls: TlsAdvert, strip: bool) {
     let whole = follow(stream, [], tls, strip);
     let split = follow(stream, reads.iter().copied(), tls, strip);
-    assert_eq!(split, whole, "split {reads:?} differs from the whole stream");
+    assert_eq!(
+        split, whole,
+        "split {reads:?} differs from the whole stream"
+    );
     if stream.len() <= 2048 {
         let bytes = follow(stream, std::iter::repeat(1), tls, strip);
         assert_eq!(bytes, whole, "byte-by-byte differs from the whole stream");
@@ -73,24 +76,40 @@ pub fn check_server_stream(stream: &[u8], reads: &[usize], tls: TlsAdvert, strip
     }
 }
 
-/// Go's `foldName` (`encoding/json`, Go 1.21+): ASCII upper-cased, every other character
-/// `unicode.ToUpper(unicode.ToLower(r))`, here from Rust's Unicode tables (a multi-character
-/// lower case keeps its first character, a multi-character upper case leaves the character
-/// as it is: Go's simple mappings, as far as they can reach ASCII).
+/// Go's `foldName` (`encoding/json`): each character becomes the smallest member of its
+/// simple case-folding orbit (`unicode.SimpleFold`). Derived here from Rust's case mappings:
+/// the orbit is the closure of the character under single-character lower and upper case.
+/// Case mappings and case folding differ, as far as ASCII can be reached, only for U+0131
+/// DOTLESS I: its upper case is `I`, but Unicode folds it only in Turkic locales, so Go's
+/// orbit holds it alone (nats-server agrees: tests/audit_user.rs).
 pub fn go_fold_reference(key: &str) -> String {
-    key.chars()
-        .map(|c| {
-            if c.is_ascii() {
-                return c.to_ascii_uppercase();
+    key.chars().map(orbit_min).collect()
+}
+
+fn orbit_min(c: char) -> char {
+    if c == '\u{131}' {
+        return c;
+    }
+    let mut orbit = vec![c];
+    let mut i = 0;
+    while i < orbit.len() {
+        let x = orbit[i];
+        for mapped in [only(x.to_lowercase()), only(x.to_uppercase())] {
+            if let Some(m) = mapped.filter(|m| !orbit.contains(m)) {
+                orbit.push(m);
             }
-            let lower = c.to_lowercase().next().unwrap_or(c);
-            let mut upper = lower.to_uppercase();
-            match (upper.next(), upper.next()) {
-                (Some(u), None) => u,
-                _ => lower,
-            }
-        })
-        .collect()
+        }
+        i += 1;
+    }
+    orbit.into_iter().min().unwrap_or(c)
+}
+
+/// The mapping's character, when it maps to exactly one.
+fn only(mut it: impl Iterator<Item = char>) -> Option<char> {
+    match (it.next(), it.next()) {
+        (Some(c), None) => Some(c),
+        _ => None,
+    }
 }
 
 /// The object's members in stream order, duplicates kept. `None` if `arg` is not an object.

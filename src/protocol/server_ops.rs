@@ -179,7 +179,11 @@ impl ServerStream {
         } else {
             Vec::new()
         };
-        let text: &[u8] = if spans { &line } else { &out.chunk[piece.clone()] };
+        let text: &[u8] = if spans {
+            &line
+        } else {
+            &out.chunk[piece.clone()]
+        };
         let op = classify(text);
         let held = self.state == (State::Line { held: true });
         self.state = State::Line { held: false };
