@@ -6,9 +6,22 @@
 //!   buffer does, and reports "need more" on every shorter prefix;
 //! - the same holds for refused streams: the streamed verdict equals the whole-buffer verdict;
 //! - `rewrite_info` never changes `nonce` (or any field it is not documented to change) and
-//!   always yields one valid `INFO {json} \r\n` line.
+//!   always yields one valid `INFO {json} \r\n` line;
+//! - the server-op follower: any split of an upstream stream gives the same output as the whole,
+//!   and that output is the stream with every INFO op rewritten (payloads that look like INFO
+//!   untouched), so no `connect_urls` reach the client when they are stripped;
+//! - the identity natsgate logs from CONNECT is what nats-server reads (Go's `encoding/json`:
+//!   the last duplicate wins, names match case-insensitively), checked against a reference
+//!   decoder, and `Debug` of the CONNECT does not depend on its secrets.
+//!
+//! The follower and identity properties live in `natsgate::protocol::fuzz_logic`, shared with
+//! the fuzz targets `server_ops` and `connect_identity`.
 
-use natsgate::protocol::{parse_info, rewrite_info, scan_connect, ConnectLine, TlsAdvert};
+use natsgate::protocol::fuzz_logic::{
+    check_connect_identity, check_server_stream, follow, go_fold_reference, reference_identity,
+    ADVERTS,
+};
+use natsgate::protocol::{parse_info, rewrite_info, scan_connect, ConnectLine, TlsAdvert, Verdict};
 use proptest::prelude::*;
 use serde_json::{Map, Value};
 
@@ -225,6 +238,239 @@ proptest! {
             }
         }
     }
+}
+
+/// One op of the upstream's stream after CONNECT.
+#[derive(Debug, Clone)]
+enum ServerOp {
+    Info(Map<String, Value>),
+    Msg {
+        hmsg: bool,
+        reply: bool,
+        payload: Vec<u8>,
+    },
+    Plain(&'static str),
+    Err(String),
+}
+
+impl ServerOp {
+    fn bytes(&self) -> Vec<u8> {
+        match self {
+            ServerOp::Info(m) => [b"INFO ", &serde_json::to_vec(m).unwrap()[..], b" \r\n"].concat(),
+            ServerOp::Msg {
+                hmsg,
+                reply,
+                payload,
+            } => {
+                let reply = if *reply { " _INBOX.r" } else { "" };
+                let head = if *hmsg {
+                    // The payload's first bytes count as its header block.
+                    let h = payload.len() / 2;
+                    format!("HMSG sub.j 7{reply} {h} {}\r\n", payload.len())
+                } else {
+                    format!("MSG sub.j 7{reply} {}\r\n", payload.len())
+                };
+                [head.as_bytes(), payload, b"\r\n"].concat()
+            }
+            ServerOp::Plain(op) => format!("{op}\r\n").into_bytes(),
+            ServerOp::Err(e) => format!("-ERR '{e}'\r\n").into_bytes(),
+        }
+    }
+
+    /// What the client should receive for this op.
+    fn expected(&self, tls: TlsAdvert, strip: bool) -> Vec<u8> {
+        match self {
+            ServerOp::Info(_) => rewrite_info(parse_info(&self.bytes()).unwrap(), tls, strip),
+            _ => self.bytes(),
+        }
+    }
+}
+
+fn upstream_info() -> impl Strategy<Value = Map<String, Value>> {
+    (
+        "[A-Za-z0-9]{8,22}",
+        prop::option::of(prop::collection::vec("[0-9.]{7,15}:[0-9]{4}", 0..4)),
+        prop::option::of(prop::collection::vec("ws://[a-z]{3,8}:8080", 0..2)),
+        any::<bool>(),
+        prop::collection::vec(("[a-z_]{1,10}", json_value()), 0..4),
+    )
+        .prop_map(|(nonce, urls, ws_urls, tls, extra)| {
+            let mut m = Map::new();
+            m.insert("server_id".into(), Value::String("NSERVER".into()));
+            for (k, v) in extra {
+                m.insert(k, v);
+            }
+            m.insert("nonce".into(), Value::String(nonce));
+            if tls {
+                m.insert("tls_required".into(), Value::Bool(true));
+            }
+            if let Some(u) = urls {
+                m.insert("connect_urls".into(), Value::from(u));
+            }
+            if let Some(u) = ws_urls {
+                m.insert("ws_connect_urls".into(), Value::from(u));
+            }
+            m
+        })
+}
+
+/// Payloads, including ones that look like protocol lines (an INFO with `connect_urls`,
+/// CRLFs, a bare `-ERR`), which must pass untouched.
+fn payload() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        prop::collection::vec(any::<u8>(), 0..64),
+        Just(b"INFO {\"connect_urls\":[\"10.9.9.9:4222\"]} \r\n".to_vec()),
+        Just(b"\r\n-ERR 'x'\r\nINFO {}\r\n".to_vec()),
+        Just(Vec::new()),
+    ]
+}
+
+fn server_op() -> impl Strategy<Value = ServerOp> {
+    prop_oneof![
+        upstream_info().prop_map(ServerOp::Info),
+        (any::<bool>(), any::<bool>(), payload()).prop_map(|(hmsg, reply, payload)| {
+            ServerOp::Msg {
+                hmsg,
+                reply,
+                payload,
+            }
+        }),
+        prop::sample::select(vec!["PING", "PONG", "+OK", "ping", "pong"]).prop_map(ServerOp::Plain),
+        "[A-Za-z ]{0,24}".prop_map(ServerOp::Err),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn any_split_of_the_upstream_stream_gives_the_rewritten_whole(
+        ops in prop::collection::vec(server_op(), 0..12),
+        reads in prop::collection::vec(1usize..80, 0..40),
+        advert in prop::sample::select(ADVERTS.to_vec()),
+        strip in any::<bool>(),
+    ) {
+        let stream: Vec<u8> = ops.iter().flat_map(|op| op.bytes()).collect();
+        let expected: Vec<u8> = ops.iter().flat_map(|op| op.expected(advert, strip)).collect();
+        let verdict = ops.iter().find_map(|op| match op {
+            ServerOp::Info(_) => None,
+            ServerOp::Err(_) => Some(Verdict::Rejected),
+            _ => Some(Verdict::Accepted),
+        });
+        check_server_stream(&stream, &reads, advert, strip);
+        let (out, got) = follow(&stream, reads.iter().copied(), advert, strip);
+        prop_assert_eq!(String::from_utf8_lossy(&out), String::from_utf8_lossy(&expected));
+        prop_assert_eq!(got, verdict);
+        if strip {
+            // No INFO line the client gets names a URL that bypasses natsgate.
+            for op in &ops {
+                if let ServerOp::Info(_) = op {
+                    let line = op.expected(advert, strip);
+                    prop_assert!(!String::from_utf8_lossy(&line).contains("connect_urls"));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn any_split_of_arbitrary_upstream_bytes_gives_the_same_output(
+        stream in prop_oneof![
+            prop::collection::vec(any::<u8>(), 0..400),
+            prop::collection::vec(
+                prop::sample::select(vec![
+                    &b"INFO "[..], b"{\"connect_urls\":[\"a\"]}", b" ", b"\r\n", b"\n", b"MSG a 1 ",
+                    b"3", b"HMSG a 1 2 ", b"PING", b"-ERR", b"INFOX", b"info", b"I", b"abc",
+                ]),
+                0..40,
+            ).prop_map(|parts| parts.concat()),
+        ],
+        reads in prop::collection::vec(1usize..32, 0..40),
+        advert in prop::sample::select(ADVERTS.to_vec()),
+        strip in any::<bool>(),
+    ) {
+        check_server_stream(&stream, &reads, advert, strip);
+    }
+}
+
+/// CONNECT member names as a client might spell them: nats-server's names in any case, with
+/// the non-ASCII characters Go's folding maps onto ASCII letters, ones it does not, and near
+/// misses.
+fn member_name() -> impl Strategy<Value = String> {
+    let base = prop::sample::select(vec![
+        "user",
+        "name",
+        "lang",
+        "version",
+        "pass",
+        "auth_token",
+        "jwt",
+        "sig",
+        "proxy_sig",
+        "usr",
+        "users",
+        "verbose",
+    ]);
+    (base, prop::collection::vec(0u8..8, 12)).prop_map(|(name, how)| {
+        name.chars()
+            .zip(how.iter().cycle())
+            .map(|(c, h)| match (c, h) {
+                (c, 0 | 1) => c.to_ascii_uppercase(),
+                ('s', 2) => '\u{17F}',  // LONG S: folds to S
+                ('k', 2) => '\u{212A}', // KELVIN SIGN: folds to K
+                ('i', 2) => '\u{131}',  // DOTLESS I: Go keeps it apart
+                ('i', 3) => '\u{130}',  // I WITH DOT ABOVE: Go keeps it apart
+                ('e', 3) => '\u{c9}',   // E WITH ACUTE: no match
+                (c, _) => c,
+            })
+            .collect()
+    })
+}
+
+fn member_value() -> impl Strategy<Value = Value> {
+    prop_oneof![
+        6 => json_text().prop_map(Value::String),
+        1 => Just(Value::Null),
+        1 => any::<i64>().prop_map(Value::from),
+        1 => Just(serde_json::json!({"user": "nested"})),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    #[test]
+    fn the_logged_identity_is_what_nats_server_reads(
+        members in prop::collection::vec((member_name(), member_value()), 0..10),
+    ) {
+        // Built by hand: a JSON map cannot hold duplicate keys.
+        let body = members
+            .iter()
+            .map(|(k, v)| format!("{}:{}", Value::String(k.clone()), v))
+            .collect::<Vec<_>>()
+            .join(",");
+        let line = format!("CONNECT {{{body}}}\r\n");
+        check_connect_identity(line.as_bytes(), 1 << 20);
+    }
+}
+
+#[test]
+fn the_reference_decoder_reads_as_go_does() {
+    // Guards the reference itself, with the cases checked against nats-server in
+    // tests/audit_user.rs.
+    for arg in [
+        r#"{"user":"alice","user":"bob"}"#,
+        r#"{"user":"alice","USER":"bob"}"#,
+        r#"{"USER":"bob"}"#,
+        r#"{"u\u017fer":"bob"}"#,
+        r#"{"user":"bob","User":null}"#,
+    ] {
+        let id = reference_identity(arg.as_bytes()).unwrap();
+        assert_eq!(id.user.as_deref(), Some("bob"), "{arg}");
+    }
+    // Go folds the Turkish dotted and dotless I only to themselves (nats-server agrees).
+    let id = reference_identity(br#"{"version":"1","vers\u0130on":"2","vers\u0131on":"3"}"#);
+    assert_eq!(id.unwrap().version.as_deref(), Some("1"));
+    assert_eq!(go_fold_reference("\u{212A}\u{17F}\u{131}"), "KS\u{131}");
 }
 
 #[test]

@@ -1,0 +1,202 @@
+//! Properties of the protocol code, defined once and checked by both the cargo-fuzz targets
+//! (`fuzz/fuzz_targets/`, arbitrary bytes) and the property tests
+//! (`tests/proptest_protocol.rs`, generated streams). Each `check_*` panics with a message
+//! when the property does not hold. Not part of natsgate's interface.
+
+use std::collections::BTreeMap;
+
+use serde_json::value::RawValue;
+
+use super::{scan_connect, ClientIdentity, ServerStream, TlsAdvert, Verdict, IDENTITY_MAX_CHARS};
+
+/// The TLS adverts a follower may be built with, indexed by a fuzz byte.
+pub const ADVERTS: [TlsAdvert; 5] = [
+    TlsAdvert::None,
+    TlsAdvert::Required { verify: false },
+    TlsAdvert::Required { verify: true },
+    TlsAdvert::Available { verify: false },
+    TlsAdvert::Available { verify: true },
+];
+
+/// What the client receives when the upstream sends `stream` in reads of the given sizes (0 is
+/// read as 1; what is left after the last size comes in one read), and the verdict.
+pub fn follow(
+    stream: &[u8],
+    reads: impl IntoIterator<Item = usize>,
+    tls: TlsAdvert,
+    strip: bool,
+) -> (Vec<u8>, Option<Verdict>) {
+    let mut s = ServerStream::new(tls, strip);
+    let mut out = Vec::with_capacity(stream.len());
+    let mut pos = 0;
+    let mut feed = |chunk: &[u8]| match s.feed(chunk) {
+        Some(v) => out.extend_from_slice(&v),
+        None => out.extend_from_slice(chunk),
+    };
+    for n in reads {
+        if pos >= stream.len() {
+            break;
+        }
+        let end = (pos + n.max(1)).min(stream.len());
+        feed(&stream[pos..end]);
+        pos = end;
+    }
+    if pos < stream.len() {
+        feed(&stream[pos..]);
+    }
+    (out, s.verdict())
+}
+
+/// The server-op follower's properties, for one upstream stream:
+/// - any split of the stream into reads gives the same output and verdict as the whole;
+/// - so does a byte-by-byte split (for streams up to 2 KiB);
+/// - following its own output again changes nothing: every INFO the client got is already
+///   rewritten, so with `strip` no INFO the follower recognises still carries `connect_urls`;
+/// - a stream that cannot contain an INFO (no `I` or `i` byte) passes byte for byte.
+pub fn check_server_stream(stream: &[u8], reads: &[usize], tls: TlsAdvert, strip: bool) {
+    let whole = follow(stream, [], tls, strip);
+    let split = follow(stream, reads.iter().copied(), tls, strip);
+    assert_eq!(
+        split, whole,
+        "split {reads:?} differs from the whole stream"
+    );
+    if stream.len() <= 2048 {
+        let bytes = follow(stream, std::iter::repeat(1), tls, strip);
+        assert_eq!(bytes, whole, "byte-by-byte differs from the whole stream");
+    }
+    let again = follow(&whole.0, [], tls, strip).0;
+    assert!(
+        again == whole.0,
+        "the output changes when followed again:\n{:?}\n{:?}",
+        String::from_utf8_lossy(&whole.0),
+        String::from_utf8_lossy(&again)
+    );
+    if !stream.iter().any(|&b| b == b'I' || b == b'i') {
+        assert_eq!(whole.0, stream, "a stream without INFO was changed");
+    }
+}
+
+/// Go's `foldName` (`encoding/json`): each character becomes the smallest member of its
+/// simple case-folding orbit (`unicode.SimpleFold`). Derived here from Rust's case mappings:
+/// the orbit is the closure of the character under single-character lower and upper case.
+/// Case mappings and case folding differ, as far as ASCII can be reached, only for U+0131
+/// DOTLESS I: its upper case is `I`, but Unicode folds it only in Turkic locales, so Go's
+/// orbit holds it alone (nats-server agrees: tests/audit_user.rs).
+pub fn go_fold_reference(key: &str) -> String {
+    key.chars().map(orbit_min).collect()
+}
+
+fn orbit_min(c: char) -> char {
+    if c == '\u{131}' {
+        return c;
+    }
+    let mut orbit = vec![c];
+    let mut i = 0;
+    while i < orbit.len() {
+        let x = orbit[i];
+        for mapped in [only(x.to_lowercase()), only(x.to_uppercase())] {
+            if let Some(m) = mapped.filter(|m| !orbit.contains(m)) {
+                orbit.push(m);
+            }
+        }
+        i += 1;
+    }
+    orbit.into_iter().min().unwrap_or(c)
+}
+
+/// The mapping's character, when it maps to exactly one.
+fn only(mut it: impl Iterator<Item = char>) -> Option<char> {
+    match (it.next(), it.next()) {
+        (Some(c), None) => Some(c),
+        _ => None,
+    }
+}
+
+/// The object's members in stream order, duplicates kept. `None` if `arg` is not an object.
+fn members(arg: &[u8]) -> Option<Vec<(String, Box<RawValue>)>> {
+    struct Members(Vec<(String, Box<RawValue>)>);
+    impl<'de> serde::Deserialize<'de> for Members {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Members, D::Error> {
+            struct V;
+            impl<'de> serde::de::Visitor<'de> for V {
+                type Value = Members;
+                fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                    f.write_str("an object")
+                }
+                fn visit_map<A: serde::de::MapAccess<'de>>(
+                    self,
+                    mut m: A,
+                ) -> Result<Members, A::Error> {
+                    let mut v = Vec::new();
+                    while let Some(e) = m.next_entry()? {
+                        v.push(e);
+                    }
+                    Ok(Members(v))
+                }
+            }
+            d.deserialize_map(V)
+        }
+    }
+    serde_json::from_slice::<Members>(arg).ok().map(|m| m.0)
+}
+
+/// A reference decoder for what nats-server reads from a CONNECT argument: the object's
+/// members in order into a map keyed by the Go-folded name, each string value overwriting the
+/// one before (last wins; `null` and other types leave the field alone, as Go does).
+/// `None` if `arg` is not a JSON object.
+pub fn reference_identity(arg: &[u8]) -> Option<ClientIdentity> {
+    let mut folded = BTreeMap::new();
+    for (k, v) in members(arg)? {
+        if let Ok(s) = serde_json::from_str::<String>(v.get()) {
+            folded.insert(go_fold_reference(&k), s);
+        }
+    }
+    let get = |name: &str| {
+        folded
+            .get(&go_fold_reference(name))
+            .map(|s| s.chars().take(IDENTITY_MAX_CHARS).collect())
+    };
+    Some(ClientIdentity {
+        name: get("name"),
+        lang: get("lang"),
+        version: get("version"),
+        user: get("user"),
+    })
+}
+
+/// The CONNECT fields nats-server treats as secrets, by their Go-folded names.
+const SECRETS: [&str; 5] = ["PASS", "AUTH_TOKEN", "JWT", "SIG", "PROXY_SIG"];
+
+/// The CONNECT line's properties, for one client stream: when `scan_connect` finds a line,
+/// - the identity it logs is the reference decoder's (what nats-server reads);
+/// - its fields' `Debug` does not depend on any secret's value: it is the same when every
+///   member that nats-server reads as `pass`, `auth_token`, `jwt`, `sig` or `proxy_sig` holds
+///   something else.
+pub fn check_connect_identity(stream: &[u8], max_control_line: usize) {
+    let Ok(Some(line)) = scan_connect(stream, max_control_line) else {
+        return;
+    };
+    let arg = &stream[line.arg.clone()];
+    let reference = reference_identity(arg).expect("scan_connect accepted a non-object");
+    assert_eq!(line.client_identity(), reference, "for {arg:?}");
+
+    let members = members(arg).expect("an object");
+    let replaced = members
+        .iter()
+        .map(|(k, v)| {
+            let secret = SECRETS.contains(&go_fold_reference(k).as_str());
+            let key = serde_json::to_string(k).expect("a string encodes");
+            format!("{key}:{}", if secret { "\"other\"" } else { v.get() })
+        })
+        .collect::<Vec<_>>()
+        .join(",");
+    let other = format!("CONNECT {{{replaced}}}\r\n");
+    let other = scan_connect(other.as_bytes(), usize::MAX)
+        .expect("the replaced line parses")
+        .expect("complete");
+    assert_eq!(
+        format!("{:?}", line.fields),
+        format!("{:?}", other.fields),
+        "a secret's value shows in Debug"
+    );
+}

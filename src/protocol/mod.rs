@@ -1,0 +1,39 @@
+//! NATS framing that natsgate needs, and nothing more: the INFO line, the client's first
+//! CONNECT line, the upstream verdict, the PROXY protocol header and the client-visible errors.
+//!
+//! Everything here is pure (bytes in, values out, no I/O, no clocks), so it is unit-tested,
+//! property-tested and fuzzed directly. By concern:
+//!
+//! - [`connect`]: the client's CONNECT line, the identity a log may show, `proxy_sig`;
+//! - [`info`]: the upstream's INFO and its rewrite for the client;
+//! - [`server_ops`]: the follower of the upstream's ops after CONNECT ([`ServerStream`]);
+//! - [`proxy_header`]: PROXY protocol v1/v2 headers;
+//! - [`object`]: the JSON object both INFO and CONNECT are made of ([`RawObject`]), read the
+//!   way nats-server's Go decoder reads it, with a `Debug` that masks secrets;
+//! - [`fuzz_logic`]: the properties the fuzz targets and the property tests both check.
+
+pub mod connect;
+#[doc(hidden)]
+pub mod fuzz_logic;
+pub mod info;
+pub mod object;
+pub mod proxy_header;
+pub mod server_ops;
+
+pub(crate) use connect::connect_with_proxy_sig;
+pub use connect::{scan_connect, ClientIdentity, ConnectError, ConnectLine, IDENTITY_MAX_CHARS};
+pub use info::{parse_info, rewrite_info, Info, InfoError, TlsAdvert};
+pub use object::{go_name_matches, is_secret_key, RawObject};
+pub use proxy_header::{proxy_header_v1, proxy_header_v2, PROXY_V2_SIGNATURE};
+pub use server_ops::{ServerStream, Verdict, MAX_SERVER_LINE};
+
+/// Sent when the window closes before a complete CONNECT (nats-server's own text).
+pub const ERR_AUTH_TIMEOUT: &[u8] = b"-ERR 'Authentication Timeout'\r\n";
+/// Sent when the first op is not CONNECT.
+pub const ERR_AUTH_VIOLATION: &[u8] = b"-ERR 'Authorization Violation'\r\n";
+/// Sent when the CONNECT line exceeds `listener.max_control_line`.
+pub const ERR_MAX_CONTROL_LINE: &[u8] = b"-ERR 'maximum control line exceeded'\r\n";
+/// Sent when a client speaks plaintext where TLS is required.
+pub const ERR_TLS_REQUIRED: &[u8] = b"-ERR 'Secure Connection - TLS Required'\r\n";
+/// Sent when a connection limit is reached at accept.
+pub const ERR_MAX_CONNECTIONS: &[u8] = b"-ERR 'maximum connections exceeded'\r\n";
