@@ -39,7 +39,7 @@ const PROBE_HEALTHY_EVERY: Duration = Duration::from_secs(5);
 const REFUSAL_SETTLE_CLIENT: Duration = Duration::from_millis(1);
 /// The background probe can afford to wait longer, and it ejects a member at its limit before
 /// clients reach it.
-const REFUSAL_SETTLE_PROBE: Duration = Duration::from_millis(100);
+const REFUSAL_SETTLE_PROBE: Duration = Duration::from_millis(25);
 
 /// Why no upstream connection could be made.
 #[derive(Debug, thiserror::Error)]
