@@ -47,6 +47,8 @@ step_lint() {
   cargo fmt --all -- --check
   echo "== cargo clippy"
   cargo clippy --locked --all-targets -- -D warnings
+  echo "== crate shape (import tree, function length, lib.rs size)"
+  python3 scripts/structure.py
 }
 
 step_unit() {
