@@ -27,6 +27,7 @@ pub const CONFIG_RELOADS: &str = "natsgate_config_reloads_total";
 pub const BUILD_INFO: &str = "natsgate_build_info";
 pub const UPSTREAM_UP: &str = "natsgate_upstream_up";
 pub const UPSTREAM_EJECTIONS: &str = "natsgate_upstream_ejections_total";
+pub const UPSTREAM_DIAL_MODE: &str = "natsgate_upstream_dial_mode_total";
 
 /// A metric's Prometheus type.
 #[derive(Debug, Clone, Copy)]
@@ -37,7 +38,7 @@ enum Kind {
 }
 
 /// Every metric natsgate exports, with its type, unit and help text, declared once.
-const CATALOGUE: [(&str, Kind, Option<Unit>, &str); 14] = [
+const CATALOGUE: [(&str, Kind, Option<Unit>, &str); 15] = [
     (
         CONNECTIONS_ACCEPTED,
         Kind::Counter,
@@ -122,6 +123,12 @@ const CATALOGUE: [(&str, Kind, Option<Unit>, &str); 14] = [
         None,
         "Times an upstream server was ejected (tried last) after a failed attempt.",
     ),
+    (
+        UPSTREAM_DIAL_MODE,
+        Kind::Counter,
+        None,
+        "Client connections by when their upstream was dialed: on_accept or after_connect.",
+    ),
 ];
 
 /// One upstream server's series, registered when the server is configured.
@@ -205,6 +212,8 @@ pub struct Metrics {
     cert_expiry: Gauge,
     reload_success: Counter,
     reload_failure: Counter,
+    /// `[on_accept, after_connect]`.
+    dial_mode: [Counter; 2],
 }
 
 impl Metrics {
@@ -246,6 +255,8 @@ impl Metrics {
             cert_expiry: r.gauge(TLS_CERT_EXPIRY, &[]),
             reload_success: r.counter(CONFIG_RELOADS, &[("result", "success")]),
             reload_failure: r.counter(CONFIG_RELOADS, &[("result", "failure")]),
+            dial_mode: ["on_accept", "after_connect"]
+                .map(|mode| r.counter(UPSTREAM_DIAL_MODE, &[("mode", mode)])),
             handle,
             recorder,
         };
@@ -267,6 +278,11 @@ impl Metrics {
     pub fn reject(&self, why: Reject) {
         let i = Reject::ALL.iter().position(|r| *r == why).unwrap_or(0);
         self.rejected[i].increment(1);
+    }
+
+    /// Counts a connection by when its upstream is dialed.
+    pub(crate) fn dial_mode(&self, on_accept: bool) {
+        self.dial_mode[usize::from(!on_accept)].increment(1);
     }
 
     /// Registers (or finds) the series of one upstream server; `server` is its configured URL,

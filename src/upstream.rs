@@ -69,6 +69,9 @@ pub(crate) trait Dial: Sync {
         deadline: tokio::time::Instant,
         client: Option<(SocketAddr, SocketAddr)>,
     ) -> impl std::future::Future<Output = Result<UpstreamConn<Self::Io>, DialError>> + Send;
+
+    /// The most recent INFO any upstream sent (nonce included), if one has.
+    fn latest_info(&self) -> Option<Arc<Info>>;
 }
 
 impl Dial for Upstreams {
@@ -80,6 +83,10 @@ impl Dial for Upstreams {
         client: Option<(SocketAddr, SocketAddr)>,
     ) -> impl std::future::Future<Output = Result<UpstreamConn, DialError>> + Send {
         Upstreams::dial(self, deadline, client)
+    }
+
+    fn latest_info(&self) -> Option<Arc<Info>> {
+        Upstreams::latest_info(self)
     }
 }
 

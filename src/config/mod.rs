@@ -30,7 +30,7 @@ pub use auth_timeout::AuthorizationConfig;
 pub use listener::ListenerConfig;
 pub use ops::{AdminConfig, LogConfig, LogFormat, ShutdownConfig};
 pub use tls::{HandshakeFirst, TlsConfig};
-pub use upstream::{ProxyProtocol, UpstreamConfig, UpstreamServer, UpstreamTlsConfig};
+pub use upstream::{DialMode, ProxyProtocol, UpstreamConfig, UpstreamServer, UpstreamTlsConfig};
 
 /// A configuration error, already phrased for an operator: `file: key: problem`.
 #[derive(Debug, thiserror::Error)]

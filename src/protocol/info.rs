@@ -56,6 +56,22 @@ pub fn rewrite_info(mut info: Info, tls: TlsAdvert, strip_connect_urls: bool) ->
     info.to_info_line()
 }
 
+/// natsgate's own INFO for a client it answers itself (`upstream.dial = after_connect`): the
+/// latest upstream INFO with every field that shapes client behaviour kept as nats-server sent
+/// it (`auth_required`, `headers`, `max_payload`, `proto`, ...), but without the `nonce` (it
+/// belongs to another connection, and a client that would sign one is never served this way)
+/// and with this client's own `client_id` and `client_ip`.
+pub fn own_info(latest: &Info, client_id: u64, client_ip: std::net::IpAddr) -> Info {
+    let mut info = latest.clone();
+    info.remove("nonce");
+    info.set("client_id", &serde_json::Value::from(client_id));
+    info.set(
+        "client_ip",
+        &serde_json::Value::from(client_ip.to_canonical().to_string()),
+    );
+    info
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -22,7 +22,7 @@ pub mod server_ops;
 
 pub(crate) use connect::connect_with_proxy_sig;
 pub use connect::{scan_connect, ClientIdentity, ConnectError, ConnectLine, IDENTITY_MAX_CHARS};
-pub use info::{parse_info, rewrite_info, Info, InfoError, TlsAdvert};
+pub use info::{own_info, parse_info, rewrite_info, Info, InfoError, TlsAdvert};
 pub use object::{go_name_matches, is_secret_key, RawObject};
 pub use proxy_header::{proxy_header_v1, proxy_header_v2, PROXY_V2_SIGNATURE};
 pub use server_ops::{ServerStream, Verdict, MAX_SERVER_LINE};
@@ -37,3 +37,8 @@ pub const ERR_MAX_CONTROL_LINE: &[u8] = b"-ERR 'maximum control line exceeded'\r
 pub const ERR_TLS_REQUIRED: &[u8] = b"-ERR 'Secure Connection - TLS Required'\r\n";
 /// Sent when a connection limit is reached at accept.
 pub const ERR_MAX_CONNECTIONS: &[u8] = b"-ERR 'maximum connections exceeded'\r\n";
+/// natsgate answered the client's INFO itself (`upstream.dial = after_connect`), and the
+/// upstream it then reached requires a signed nonce the client never saw. It starts with
+/// nats-server's `Authorization Violation` so clients treat it as the auth failure it is.
+pub const ERR_NONCE_REQUIRED: &[u8] =
+    b"-ERR 'Authorization Violation: the server requires a signed nonce; natsgate upstream.dial must be auto or on_accept'\r\n";

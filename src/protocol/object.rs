@@ -140,6 +140,20 @@ impl RawObject {
         }
     }
 
+    /// Sets a field to a JSON value: in place when present, last otherwise.
+    pub(crate) fn set(&mut self, key: &str, value: &Value) {
+        let Ok(text) = serde_json::to_string(value) else {
+            return;
+        };
+        let Ok(value) = RawValue::from_string(text) else {
+            return;
+        };
+        match self.fields.iter_mut().find(|(k, _)| k == key) {
+            Some((_, v)) => *v = value,
+            None => self.fields.push((key.to_string(), value)),
+        }
+    }
+
     pub(crate) fn remove(&mut self, key: &str) {
         self.fields.retain(|(k, _)| k != key);
     }

@@ -39,7 +39,8 @@ pub(crate) async fn serve(
     let config = shared.config.load_full();
     let local = tcp.local_addr().unwrap_or(peer);
     let _ = tcp.set_nodelay(true);
-    let mut pending = Pending::new(&shared, &config, &shared.upstreams, tcp, (peer, local));
+    let id = admission.id();
+    let mut pending = Pending::new(&shared, &config, &shared.upstreams, tcp, (peer, local), id);
     let result = tokio::select! {
         r = pending.establish() => r,
         _ = shared.stop_pending.cancelled() => Err(Refusal::Shutdown),

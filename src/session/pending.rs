@@ -11,7 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::{timeout, timeout_at, Instant};
 
 use super::refusal::{Refusal, Step};
-use crate::config::{Config, HandshakeFirst};
+use crate::config::{Config, DialMode, HandshakeFirst};
 use crate::protocol::{self, ClientIdentity, ConnectLine, Info, TlsAdvert};
 use crate::shared::{ClientTls, Shared};
 use crate::stream::{PeekByte, Stream};
@@ -42,6 +42,8 @@ pub(crate) struct Pending<'a, S, D> {
     client: Option<Stream<S>>,
     /// `(source, destination)` of the client connection, for the upstream PROXY header.
     addrs: (SocketAddr, SocketAddr),
+    /// The connection id: in log lines, and the `client_id` of natsgate's own INFO.
+    id: u64,
     /// Accept plus `authorization.timeout`: every step ends by then.
     deadline: Instant,
     /// INFO bytes written to the client, for the close line of a refused connection too.
@@ -56,6 +58,7 @@ impl<'a, S: PeekByte, D: Dial> Pending<'a, S, D> {
         dialer: &'a D,
         client: S,
         addrs: (SocketAddr, SocketAddr),
+        id: u64,
     ) -> Self {
         Pending {
             shared,
@@ -63,27 +66,82 @@ impl<'a, S: PeekByte, D: Dial> Pending<'a, S, D> {
             dialer,
             client: Some(Stream::Plain(client)),
             addrs,
+            id,
             deadline: Instant::now() + config.auth_timeout,
             info_sent: 0,
         }
     }
 
-    /// The lifecycle of DESIGN §1, from accept to the forwarded CONNECT.
+    /// The lifecycle of DESIGN §1, from accept to the forwarded CONNECT: the upstream is
+    /// dialed at accept, or only once a well-formed CONNECT has arrived (`upstream.dial`).
     pub(crate) async fn establish(&mut self) -> Result<Established<D::Io>, Refusal> {
         self.tls_first().await?;
-        let UpstreamConn { mut stream, info } = self.dial().await?;
+        let on_accept = self.dials_on_accept();
+        self.shared.metrics.dial_mode(on_accept);
+        if on_accept {
+            self.on_accept().await
+        } else {
+            self.after_connect().await
+        }
+    }
+
+    /// `on_accept`: nats-server's own INFO (and nonce) is relayed, so its authorization timer
+    /// runs while the client talks to natsgate.
+    async fn on_accept(&mut self) -> Result<Established<D::Io>, Refusal> {
+        let UpstreamConn { mut stream, info } = self.dial(self.deadline).await?;
         let nonce = self.nonce_to_sign(&info);
-        let advert = self.shared.advert();
-        self.send_info(info, advert).await?;
+        self.send_info(info).await?;
         self.classic_tls().await?;
         let (buf, line) = self.read_connect().await?;
         let forwarded = self.forward(&mut stream, &buf, &line, nonce).await?;
-        Ok(Established {
-            upstream: stream,
+        Ok(self.established(stream, &line, forwarded))
+    }
+
+    /// `after_connect`: natsgate answers with its own INFO and dials only once the CONNECT is
+    /// in: a client that never authenticates never costs nats-server a connection.
+    async fn after_connect(&mut self) -> Result<Established<D::Io>, Refusal> {
+        let latest = self.dialer.latest_info().ok_or(Refusal::ClientClosed)?;
+        let ip = self.addrs.0.ip();
+        self.send_info(protocol::own_info(&latest, self.id, ip))
+            .await?;
+        drop(latest);
+        self.classic_tls().await?;
+        let (buf, line) = self.read_connect().await?;
+        // The window is over for the client; the dial gets its own limit.
+        let limit = Instant::now() + self.config.upstream.connect_timeout;
+        let UpstreamConn { mut stream, info } = self.dial(limit).await?;
+        if info.raw("nonce").is_some() {
+            return Err(Refusal::NonceRequired);
+        }
+        let forwarded = self.forward(&mut stream, &buf, &line, None).await?;
+        Ok(self.established(stream, &line, forwarded))
+    }
+
+    /// `auto` dials at accept while the latest upstream INFO carries a nonce (nkey or JWT
+    /// users sign it), or before any upstream INFO has been seen; otherwise after CONNECT.
+    fn dials_on_accept(&self) -> bool {
+        match self.config.upstream.dial {
+            DialMode::OnAccept => true,
+            DialMode::AfterConnect => self.dialer.latest_info().is_none(),
+            DialMode::Auto => self
+                .dialer
+                .latest_info()
+                .is_none_or(|info| info.raw("nonce").is_some()),
+        }
+    }
+
+    fn established(
+        &self,
+        upstream: D::Io,
+        line: &ConnectLine,
+        forwarded: usize,
+    ) -> Established<D::Io> {
+        Established {
+            upstream,
             identity: line.client_identity(),
             forwarded,
-            advert,
-        })
+            advert: self.shared.advert(),
+        }
     }
 
     /// INFO bytes the client has received so far.
@@ -107,10 +165,13 @@ impl<'a, S: PeekByte, D: Dial> Pending<'a, S, D> {
             HandshakeFirst::On => true,
             HandshakeFirst::Auto(wait) => {
                 let limit = self.deadline.min(Instant::now() + wait);
-                matches!(
-                    timeout_at(limit, self.peek()).await,
-                    Ok(Ok(Some(TLS_HANDSHAKE_RECORD)))
-                )
+                match timeout_at(limit, self.peek()).await {
+                    Ok(Ok(Some(b))) => b == TLS_HANDSHAKE_RECORD,
+                    // Closed already (a TCP health check): never dialed.
+                    Ok(Ok(None)) => return Err(Refusal::ClientClosed),
+                    Ok(Err(e)) => return Err(Refusal::Io(Step::TlsHandshake, e)),
+                    Err(_) => false,
+                }
             }
         };
         if first {
@@ -119,10 +180,11 @@ impl<'a, S: PeekByte, D: Dial> Pending<'a, S, D> {
         Ok(())
     }
 
-    /// Step 3: an upstream connection that has sent its INFO. Boxed: the dial's state is large
-    /// and short-lived, and a pending connection should cost only what it holds while it waits.
-    async fn dial(&self) -> Result<UpstreamConn<D::Io>, Refusal> {
-        let dial = Box::pin(self.dialer.dial(self.deadline, Some(self.addrs)));
+    /// Step 3: an upstream connection that has sent its INFO, before `limit`. Boxed: the
+    /// dial's state is large and short-lived, and a pending connection should cost only what
+    /// it holds while it waits.
+    async fn dial(&self, limit: Instant) -> Result<UpstreamConn<D::Io>, Refusal> {
+        let dial = Box::pin(self.dialer.dial(limit, Some(self.addrs)));
         // A dial cut short by the window is upstream's failure, not the client's: it is counted
         // against the members and as `upstream_unavailable`.
         dial.await.map_err(|e| Refusal::Upstream(e.to_string()))
@@ -136,9 +198,10 @@ impl<'a, S: PeekByte, D: Dial> Pending<'a, S, D> {
             .and_then(|_| info.str_field("nonce"))
     }
 
-    /// Step 4: the upstream INFO, rewritten, nonce unchanged.
-    async fn send_info(&mut self, info: Info, advert: TlsAdvert) -> Result<(), Refusal> {
-        let info = protocol::rewrite_info(info, advert, self.config.upstream.strip_connect_urls);
+    /// Step 4: the INFO, rewritten (TLS flags, `connect_urls`), nonce unchanged.
+    async fn send_info(&mut self, info: Info) -> Result<(), Refusal> {
+        let strip = self.config.upstream.strip_connect_urls;
+        let info = protocol::rewrite_info(info, self.shared.advert(), strip);
         let deadline = self.deadline;
         let client = self.client()?;
         within(deadline, Step::WriteInfo, write_flush(client, &info)).await?;

@@ -51,6 +51,9 @@ pub(crate) enum Refusal {
     /// No upstream answered, or the one that did failed before taking the CONNECT.
     #[error("{0}")]
     Upstream(String),
+    /// natsgate served its own INFO (no nonce), and the upstream now wants a signed nonce.
+    #[error("upstream INFO requires a signed nonce, which a client served with upstream.dial = after_connect never saw; use auto or on_accept")]
+    NonceRequired,
     #[error("natsgate is shutting down")]
     Shutdown,
 }
@@ -64,6 +67,7 @@ impl Refusal {
             Refusal::TlsRequired => Reject::TlsRequired,
             Refusal::Connect(_) | Refusal::ClientClosed | Refusal::Io(..) => Reject::Protocol,
             Refusal::Upstream(_) => Reject::UpstreamUnavailable,
+            Refusal::NonceRequired => Reject::Protocol,
             Refusal::Shutdown => Reject::Shutdown,
         }
     }
@@ -76,6 +80,7 @@ impl Refusal {
                 Some(protocol::ERR_AUTH_TIMEOUT.to_vec())
             }
             Refusal::TlsRequired => Some(protocol::ERR_TLS_REQUIRED.to_vec()),
+            Refusal::NonceRequired => Some(protocol::ERR_NONCE_REQUIRED.to_vec()),
             Refusal::Connect(e) => Some(e.client_error()),
             _ => None,
         }

@@ -88,9 +88,13 @@ enum Answer {
     Unavailable,
 }
 
-/// An in-memory upstream: sends [`INFO`] and keeps its end of the socket for inspection.
+/// An in-memory upstream: sends its INFO ([`INFO`] unless told otherwise) and keeps its end
+/// of the socket for inspection.
 struct Upstream {
     answer: Answer,
+    info: &'static [u8],
+    /// What natsgate knows as the latest upstream INFO (from its probes).
+    latest: Option<Arc<protocol::Info>>,
     far: Mutex<Option<DuplexStream>>,
 }
 
@@ -98,8 +102,17 @@ impl Upstream {
     fn new(answer: Answer) -> Upstream {
         Upstream {
             answer,
+            info: INFO,
+            latest: None,
             far: Mutex::new(None),
         }
+    }
+
+    /// As if a probe had already seen `latest`; dials then answer with `info`.
+    fn seen(mut self, latest: &[u8], info: &'static [u8]) -> Upstream {
+        self.latest = Some(Arc::new(protocol::parse_info(latest).unwrap()));
+        self.info = info;
+        self
     }
 
     /// Everything natsgate wrote upstream, once it has let go of its end.
@@ -138,14 +151,23 @@ impl Dial for Upstream {
         *self.far.lock().unwrap() = Some(far);
         Ok(UpstreamConn {
             stream: near,
-            info: protocol::parse_info(INFO).unwrap(),
+            info: protocol::parse_info(self.info).unwrap(),
         })
+    }
+
+    fn latest_info(&self) -> Option<Arc<protocol::Info>> {
+        self.latest.clone()
     }
 }
 
 /// A gateway built from `extra` TOML plus an upstream that is never dialed for real.
 fn gateway(extra: &str) -> (Gateway, Arc<Config>) {
-    let text = format!("{extra}\n[upstream]\nservers = [\"nats://127.0.0.1:9\"]\n");
+    gateway_dialing(extra, "auto")
+}
+
+fn gateway_dialing(extra: &str, dial: &str) -> (Gateway, Arc<Config>) {
+    let text =
+        format!("{extra}\n[upstream]\nservers = [\"nats://127.0.0.1:9\"]\ndial = \"{dial}\"\n");
     let config = Config::parse(&text, std::path::Path::new("test.toml")).unwrap();
     let gateway = Gateway::new(config).unwrap();
     let config = gateway.shared.config.load_full();
@@ -176,7 +198,7 @@ where
         peeked: None,
     };
     let start = Instant::now();
-    let mut pending = Pending::new(&gw.shared, config, up, io, ADDRS);
+    let mut pending = Pending::new(&gw.shared, config, up, io, ADDRS, 42);
     let session = async {
         let result = pending.establish().await;
         let at = start.elapsed();
@@ -571,4 +593,106 @@ async fn a_connection_task_stays_small() {
     let task = super::serve(shared.clone(), tcp, peer, admission);
     let size = std::mem::size_of_val(&task);
     assert!(size <= 2048, "the per-connection future is {size} bytes");
+}
+
+const NONCE_INFO: &[u8] =
+    b"INFO {\"server_id\":\"T\",\"auth_required\":true,\"nonce\":\"abc\",\"max_payload\":1048576} \r\n";
+
+/// `after_connect` (the default `auto` with no nonce upstream): natsgate's own INFO, with this
+/// client's id and address and every other field as upstream sent it; no dial until CONNECT.
+#[tokio::test(start_paused = true)]
+async fn without_a_nonce_upstream_a_silent_client_is_never_dialed() {
+    let (gw, config) = gateway("[authorization]\ntimeout = 1");
+    let up = Upstream::new(Answer::InfoAfter(Duration::ZERO)).seen(INFO, INFO);
+    let (end, at, (info, rest)) =
+        run(&gw, &config, &up, |c| connect_at(c, Duration::from_secs(2))).await;
+    let r = refusal(end);
+    assert_eq!(r.reason(), Reject::AuthTimeout);
+    assert_eq!(at, Duration::from_secs(1));
+    assert!(
+        !up.dialed(),
+        "a client that never sent CONNECT never reached upstream"
+    );
+    let info = String::from_utf8(info).unwrap();
+    assert!(
+        info.starts_with("INFO {") && info.ends_with("} \r\n"),
+        "{info}"
+    );
+    for field in [
+        "\"auth_required\":true",
+        "\"max_payload\":1048576",
+        "\"client_id\":42",
+        "\"client_ip\":\"127.0.0.1\"",
+    ] {
+        assert!(info.contains(field), "{field} in {info}");
+    }
+    assert!(!info.contains("nonce"), "{info}");
+    assert_eq!(rest, protocol::ERR_AUTH_TIMEOUT);
+}
+
+#[tokio::test(start_paused = true)]
+async fn after_connect_dials_once_connect_is_in_and_forwards_it_with_the_pipeline() {
+    let (gw, config) = gateway_dialing("[authorization]\ntimeout = 1", "after_connect");
+    let up = Upstream::new(Answer::InfoAfter(Duration::from_millis(30))).seen(INFO, INFO);
+    let wire = [CONNECT, b"PING\r\nSUB a 1\r\n"].concat();
+    let sent = wire.clone();
+    let (end, at, _c) = run(&gw, &config, &up, |mut c| async move {
+        read_line(&mut c).await;
+        sleep(Duration::from_millis(990)).await;
+        c.write_all(&sent).await.unwrap();
+        c
+    })
+    .await;
+    // CONNECT at 990 ms, inside the window; the dial after it is not held to the window.
+    assert_eq!(at, Duration::from_millis(1020));
+    drop(established(end).upstream);
+    assert_eq!(up.received().await, wire);
+}
+
+/// The upstream's configuration changed to nkey/JWT after natsgate answered with its own INFO:
+/// the client cannot be authenticated, and is told so.
+#[tokio::test(start_paused = true)]
+async fn after_connect_refuses_clearly_when_upstream_now_wants_a_nonce() {
+    let (gw, config) = gateway("");
+    let up = Upstream::new(Answer::InfoAfter(Duration::ZERO)).seen(INFO, NONCE_INFO);
+    let (end, _, (_, rest)) = run(&gw, &config, &up, |c| connect_at(c, Duration::ZERO)).await;
+    let r = refusal(end);
+    assert!(matches!(r, Refusal::NonceRequired), "{r}");
+    assert_eq!(rest, protocol::ERR_NONCE_REQUIRED);
+    assert!(String::from_utf8_lossy(&rest).starts_with("-ERR 'Authorization Violation"));
+}
+
+/// `auto` with a nonce upstream (nkey/JWT users): dial at accept and relay nats-server's INFO
+/// with its nonce, untouched.
+#[tokio::test(start_paused = true)]
+async fn auto_dials_on_accept_while_upstream_sends_a_nonce() {
+    let (gw, config) = gateway("");
+    let up = Upstream::new(Answer::InfoAfter(Duration::ZERO)).seen(NONCE_INFO, NONCE_INFO);
+    let (end, _, (info, _)) = run(&gw, &config, &up, |c| async move {
+        let mut c = c;
+        let info = read_line(&mut c).await;
+        c.write_all(CONNECT).await.unwrap();
+        (info, c)
+    })
+    .await;
+    assert!(String::from_utf8_lossy(&info).contains("\"nonce\":\"abc\""));
+    drop(established(end).upstream);
+    assert_eq!(up.received().await, CONNECT);
+}
+
+/// TLS auto-detection: a client that connects and closes (a TCP health check) is never dialed.
+#[tokio::test(start_paused = true)]
+async fn a_health_check_during_tls_detection_is_never_dialed() {
+    let pki = pki("handshake_first = \"300ms\"");
+    let (gw, config) = gateway(&pki.toml);
+    let up = Upstream::new(Answer::InfoAfter(Duration::ZERO));
+    let (end, at, rest) = run(&gw, &config, &up, |mut c| async move {
+        c.shutdown().await.unwrap();
+        read_rest(&mut c).await
+    })
+    .await;
+    assert_eq!(refusal(end).reason(), Reject::Protocol);
+    assert_eq!(at, Duration::ZERO);
+    assert_eq!(rest, b"");
+    assert!(!up.dialed());
 }
