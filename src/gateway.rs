@@ -9,7 +9,7 @@ use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{self, Config};
+use crate::config::{self, Config, DialMode};
 use crate::metrics::Metrics;
 use crate::shared::{ClientTls, Shared};
 use crate::tls::{self, CertStore};
@@ -103,6 +103,12 @@ impl Gateway {
         shutdown: impl Future<Output = ()>,
     ) {
         let shared = self.shared;
+        let dial = match shared.config.load().upstream.dial {
+            DialMode::Auto => "auto: after CONNECT while the upstream INFO has no nonce, at accept while it has one",
+            DialMode::OnAccept => "on_accept: at accept (nats-server's own authorization timer runs inside the window)",
+            DialMode::AfterConnect => "after_connect: once a well-formed CONNECT has arrived",
+        };
+        tracing::info!(dial, "upstream.dial");
         let mut background = tokio::task::JoinSet::new();
         {
             let shared = shared.clone();
