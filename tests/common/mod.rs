@@ -185,6 +185,13 @@ impl NatsServer {
         self.spawn();
     }
 
+    /// Restarts on the same ports with another configuration (as [`NatsServer::start_with`]).
+    pub fn restart_with(&mut self, conf: &str) {
+        self.stop();
+        self.conf = conf.to_string();
+        self.spawn();
+    }
+
     /// GET a monitoring endpoint as JSON.
     pub async fn monitor(&self, path: &str) -> serde_json::Value {
         let addr = SocketAddr::from(([127, 0, 0, 1], self.monitor_port));
