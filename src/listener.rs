@@ -81,7 +81,7 @@ fn accept_one(shared: &Arc<Shared>, tasks: &TaskTracker, tcp: TcpStream, peer: S
             // INFO first, then the -ERR, the order nats-server uses: clients that do not see
             // INFO report "INFO not received" instead of the limit. The socket is fresh, so
             // these few hundred bytes fit its buffer; never wait on it.
-            let mut reply = limit_info(shared, config.upstream.strip_connect_urls);
+            let mut reply = limit_info(shared, peer, config.upstream.strip_connect_urls);
             reply.extend_from_slice(protocol::ERR_MAX_CONNECTIONS);
             let _ = tcp.try_write(&reply);
             if let Ok(std) = tcp.into_std() {
@@ -94,12 +94,16 @@ fn accept_one(shared: &Arc<Shared>, tasks: &TaskTracker, tcp: TcpStream, peer: S
 /// The INFO a client refused at a limit gets: the latest upstream INFO without its nonce (it
 /// belongs to another connection), rewritten as usual; a minimal valid INFO when no upstream
 /// has answered yet.
-fn limit_info(shared: &Shared, strip_connect_urls: bool) -> Vec<u8> {
+fn limit_info(shared: &Shared, peer: SocketAddr, strip_connect_urls: bool) -> Vec<u8> {
     let mut info = match shared.upstreams.latest_info() {
-        Some(info) => (*info).clone(),
-        None => protocol::parse_info(MINIMAL_INFO).unwrap_or_default(),
+        Some(latest) => protocol::own_info(&latest, 0, peer.ip()),
+        None => {
+            let minimal = protocol::parse_info(MINIMAL_INFO).unwrap_or_default();
+            protocol::own_info(&minimal, 0, peer.ip())
+        }
     };
-    info.remove("nonce");
+    // No connection, so no client id.
+    info.remove("client_id");
     protocol::rewrite_info(info, shared.advert(), strip_connect_urls)
 }
 
