@@ -101,8 +101,14 @@ impl Fake {
         self.lifetimes.lock().unwrap().len()
     }
 
-    /// natsgate without the admin endpoints (so that no readiness probe dials the fake behind
-    /// the test's back: every upstream connection is a client's), in front of `servers`.
+    /// Every connection the fake accepted (clients' and probes') has been closed by natsgate.
+    fn all_closed(&self) -> bool {
+        let closed = self.closed();
+        closed >= 1 && closed == self.accepted.load(Ordering::Relaxed)
+    }
+
+    /// natsgate without the admin endpoints in front of `servers`. (Its background probe still
+    /// dials the fake: counts of the fake's connections include the probe's.)
     async fn proxy(servers: &[&String], window: f64, connect_timeout: f64) -> Proxy {
         ProxyConfig::new(servers)
             .window(window)
@@ -299,10 +305,11 @@ async fn one_of_three_members_refusing_costs_nothing() {
     proxy.assert_nothing_open().await;
 }
 
-/// A member hangs (accepts TCP, never sends INFO): the first client that meets it waits out
-/// `connect_timeout` and is then served by another member; the clients after it do not wait.
+/// A member hangs (accepts TCP, never sends INFO): hedged dialing means no client waits for
+/// it longer than the hedge delay (250 ms) plus a dial, never its `connect_timeout`; the member
+/// is ejected, shown as down, and counted; no client is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_of_three_members_hung_only_the_first_client_waits() {
+async fn one_of_three_members_hung_costs_clients_at_most_the_hedge_delay() {
     let mut members = NatsServer::cluster(3);
     let urls: Vec<String> = members.iter().map(|m| m.url()).collect();
     let proxy = ProxyConfig::new(&urls).window(3.0).start().await;
@@ -310,34 +317,26 @@ async fn one_of_three_members_hung_only_the_first_client_waits() {
     let port = members[2].port;
     members[2].stop();
     // Something that accepts on the dead member's port and never speaks: a hung host.
-    let hung = Fake::on(TcpListener::bind(("127.0.0.1", port)).await.unwrap(), hold);
+    let _hung = Fake::on(TcpListener::bind(("127.0.0.1", port)).await.unwrap(), hold);
 
     let times = timed_clients(&proxy, 12).await;
-    let slow: Vec<usize> = (0..times.len())
-        .filter(|&i| times[i] >= Duration::from_millis(300))
-        .collect();
+    let slow = times
+        .iter()
+        .filter(|t| **t >= Duration::from_millis(200))
+        .count();
     assert!(
-        slow.len() <= 1,
-        "more than one client waited on the hung member: {times:?}"
+        slow <= 1,
+        "more than one client met the hung member: {times:?}"
     );
-    if let Some(&i) = slow.first() {
-        // connect_timeout = 1: it waited about that long, then was served by another member.
-        assert!(
-            times[i] >= Duration::from_millis(950) && times[i] < Duration::from_millis(1600),
-            "{times:?}"
-        );
-        assert!(
-            i + 1 == times.len() || times[i + 1] < Duration::from_millis(300),
-            "the second connection after the failure is fast: {times:?}"
-        );
-    }
+    let worst = *times.iter().max().unwrap();
     assert!(
-        hung.accepted.load(Ordering::Relaxed) <= 1,
-        "the hung member was dialed on every connection"
+        worst < Duration::from_millis(900),
+        "connect_timeout is 1 s: {times:?}"
     );
     let m = proxy.metrics().await;
-    let errors = m.get("natsgate_upstream_errors_total", &[("server", &urls[2])]);
-    assert_eq!(errors, slow.len() as f64);
+    assert!(m.get("natsgate_upstream_errors_total", &[("server", &urls[2])]) >= 1.0);
+    assert_eq!(m.get("natsgate_upstream_up", &[("server", &urls[2])]), 0.0);
+    assert!(m.get("natsgate_upstream_ejections_total", &[("server", &urls[2])]) >= 1.0);
     assert_eq!(m.rejected(Reject::UpstreamUnavailable), 0.0);
     proxy.assert_nothing_open().await;
 }
@@ -347,25 +346,32 @@ async fn one_of_three_members_hung_only_the_first_client_waits() {
 // ---------------------------------------------------------------------------------------------
 
 /// Accepts but never sends INFO, and the window is shorter than `connect_timeout`: the window
-/// still holds. The client gets `-ERR 'Authentication Timeout'` at the deadline (never an INFO),
-/// and natsgate closes the hung upstream connection.
+/// still holds, but the failure is upstream's, not the client's: the client is closed at its
+/// deadline without a byte (it never saw a server), counted as `upstream_unavailable` and
+/// against the member, and natsgate closes the hung upstream connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn upstream_without_info_the_window_still_holds() {
+async fn upstream_without_info_within_the_window_is_upstream_unavailable() {
     let fake = Fake::start(hold).await;
     let proxy = Fake::proxy(&[&fake.url], 0.5, 2.0).await;
     let (got, closed, after) = closed_without_info(&proxy, Duration::from_secs(3)).await;
     assert!(closed);
-    assert_eq!(show(&got), "-ERR 'Authentication Timeout'\r\n");
+    assert_eq!(show(&got), "");
     assert!(
         after >= Duration::from_millis(500) && after < Duration::from_millis(1000),
         "{after:?}"
     );
     assert_eventually!(
-        fake.closed() == 1,
+        fake.all_closed(),
         "natsgate closed the hung upstream connection"
     );
     let m = proxy.metrics().await;
-    m.assert_rejected(&[(Reject::AuthTimeout, 1.0)]);
+    m.assert_rejected(&[(Reject::UpstreamUnavailable, 1.0)]);
+    let errors = m.get("natsgate_upstream_errors_total", &[("server", &fake.url)]);
+    assert!(
+        errors >= 1.0,
+        "the clipped attempt counts against the member"
+    );
+    assert_eq!(m.get("natsgate_upstream_up", &[("server", &fake.url)]), 0.0);
     proxy.assert_nothing_open().await;
 }
 
@@ -385,8 +391,9 @@ async fn upstream_without_info_fails_at_connect_timeout() {
     );
     let m = proxy.metrics().await;
     m.assert_rejected(&[(Reject::UpstreamUnavailable, 1.0)]);
+    // The client's attempt, and perhaps the background probe's.
     let errors = m.get("natsgate_upstream_errors_total", &[("server", &fake.url)]);
-    assert_eq!(errors, 1.0);
+    assert!(errors >= 1.0, "{errors}");
     proxy.assert_nothing_open().await;
 }
 
@@ -427,10 +434,11 @@ async fn malformed_info_is_an_upstream_error_and_the_next_server_serves() {
         assert_eq!(read_op(&mut s).await, "PONG\r\n");
         drop(s);
         let m = proxy.metrics().await;
+        // The probe's attempt may count too.
         let errors = m.get("natsgate_upstream_errors_total", &[("server", &fake.url)]);
-        assert_eq!(errors, 1.0, "{:?}", show(bad));
+        assert!(errors >= 1.0, "{:?}", show(bad));
         assert_eq!(m.rejected(Reject::UpstreamUnavailable), 0.0);
-        assert_eventually!(fake.closed() == 1, "natsgate closed the malformed upstream");
+        assert_eventually!(fake.all_closed(), "natsgate closed the malformed upstream");
         proxy.assert_nothing_open().await;
     }
 }
@@ -484,7 +492,7 @@ async fn oversized_info_is_cut_at_256_kib() {
         "natsgate read for {after:?} (connect_timeout is 5 s)"
     );
     assert_eventually!(
-        within Duration::from_secs(3); fake.closed() == 1,
+        within Duration::from_secs(3); fake.all_closed(),
         "the oversized upstream was closed"
     );
     let lived = fake.lifetimes.lock().unwrap()[0];
@@ -497,8 +505,9 @@ async fn oversized_info_is_cut_at_256_kib() {
     );
     let m = proxy.metrics().await;
     m.assert_rejected(&[(Reject::UpstreamUnavailable, 1.0)]);
+    // The client's attempt, and perhaps the background probe's.
     let errors = m.get("natsgate_upstream_errors_total", &[("server", &fake.url)]);
-    assert_eq!(errors, 1.0);
+    assert!(errors >= 1.0, "{errors}");
     proxy.assert_nothing_open().await;
 }
 
