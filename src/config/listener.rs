@@ -40,6 +40,36 @@ pub struct ListenerConfig {
         deserialize_with = "value::at_least::<64, _>"
     )]
     pub max_control_line: usize,
+    /// `host:port` URLs of natsgate's own replicas. When set, every INFO a client receives
+    /// carries exactly these as `connect_urls` (clients learn the gateways, never the servers
+    /// behind them); unset, `connect_urls` follow `upstream.strip_connect_urls`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub advertise: Vec<String>,
+    /// `[listener.proxy_protocol]`: accept a PROXY v1/v2 header from a load balancer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_protocol: Option<InboundProxyConfig>,
+}
+
+/// `[listener.proxy_protocol]`: behind an L4 load balancer, the client's real address comes in
+/// a PROXY header; it is believed only from these source networks.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct InboundProxyConfig {
+    /// Source networks (CIDR) whose PROXY header is believed; a header from any other source,
+    /// or a malformed one, is refused before any upstream dial.
+    #[serde(deserialize_with = "value::non_empty")]
+    pub trusted: Vec<ipnet::IpNet>,
+    /// `true`: a trusted source must send a header. `false`: the header is optional.
+    #[serde(default = "value::yes")]
+    pub required: bool,
+}
+
+impl InboundProxyConfig {
+    /// Whether a connection from `ip` may carry a PROXY header.
+    pub fn trusts(&self, ip: std::net::IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.trusted.iter().any(|net| net.contains(&ip))
+    }
 }
 
 fn default_bind() -> SocketAddr {

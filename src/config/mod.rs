@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use serde_value::DeserializerError;
 
 pub use auth_timeout::AuthorizationConfig;
-pub use listener::ListenerConfig;
+pub use listener::{InboundProxyConfig, ListenerConfig};
 pub use ops::{AdminConfig, LogConfig, LogFormat, ShutdownConfig};
 pub use tls::{HandshakeFirst, TlsConfig};
 pub use upstream::{DialMode, ProxyProtocol, UpstreamConfig, UpstreamServer, UpstreamTlsConfig};

@@ -88,8 +88,12 @@ impl<'a, S: PeekByte, D: Dial> Pending<'a, S, D> {
     /// `on_accept`: nats-server's own INFO (and nonce) is relayed, so its authorization timer
     /// runs while the client talks to natsgate.
     async fn on_accept(&mut self) -> Result<Established<D::Io>, Refusal> {
-        let UpstreamConn { mut stream, info } = self.dial(self.deadline).await?;
+        let UpstreamConn { mut stream, mut info } = self.dial(self.deadline).await?;
         let nonce = self.nonce_to_sign(&info);
+        if info.raw("client_ip").is_none() {
+            // nats-server omits it when it expects a PROXY header; the client still gets it.
+            info.set("client_ip", &self.addrs.0.ip().to_canonical().to_string().into());
+        }
         self.send_info(info).await?;
         self.classic_tls().await?;
         let (buf, line) = self.read_connect().await?;
@@ -140,7 +144,7 @@ impl<'a, S: PeekByte, D: Dial> Pending<'a, S, D> {
             upstream,
             identity: line.client_identity(),
             forwarded,
-            advert: self.shared.advert(),
+            advert: self.advert(),
         }
     }
 
@@ -198,10 +202,20 @@ impl<'a, S: PeekByte, D: Dial> Pending<'a, S, D> {
             .and_then(|_| info.str_field("nonce"))
     }
 
+    /// What INFO tells this client about TLS: the listener's setting, except that a connection
+    /// that did TLS first is told `tls_required`, as nats-server does (even when plaintext
+    /// clients are accepted on the same port).
+    fn advert(&self) -> TlsAdvert {
+        match (self.shared.advert(), &self.client) {
+            (TlsAdvert::Available { verify }, Some(c)) if c.is_tls() => TlsAdvert::Required { verify },
+            (advert, _) => advert,
+        }
+    }
+
     /// Step 4: the INFO, rewritten (TLS flags, `connect_urls`), nonce unchanged.
     async fn send_info(&mut self, info: Info) -> Result<(), Refusal> {
         let strip = self.config.upstream.strip_connect_urls;
-        let info = protocol::rewrite_info(info, self.shared.advert(), strip);
+        let info = protocol::rewrite_info(info, self.advert(), strip);
         let deadline = self.deadline;
         let client = self.client()?;
         within(deadline, Step::WriteInfo, write_flush(client, &info)).await?;
