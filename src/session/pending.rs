@@ -88,11 +88,17 @@ impl<'a, S: PeekByte, D: Dial> Pending<'a, S, D> {
     /// `on_accept`: nats-server's own INFO (and nonce) is relayed, so its authorization timer
     /// runs while the client talks to natsgate.
     async fn on_accept(&mut self) -> Result<Established<D::Io>, Refusal> {
-        let UpstreamConn { mut stream, mut info } = self.dial(self.deadline).await?;
+        let UpstreamConn {
+            mut stream,
+            mut info,
+        } = self.dial(self.deadline).await?;
         let nonce = self.nonce_to_sign(&info);
         if info.raw("client_ip").is_none() {
             // nats-server omits it when it expects a PROXY header; the client still gets it.
-            info.set("client_ip", &self.addrs.0.ip().to_canonical().to_string().into());
+            info.set(
+                "client_ip",
+                &self.addrs.0.ip().to_canonical().to_string().into(),
+            );
         }
         self.send_info(info).await?;
         self.classic_tls().await?;
@@ -196,10 +202,23 @@ impl<'a, S: PeekByte, D: Dial> Pending<'a, S, D> {
 
     /// ADR-55: only signing needs the nonce later, so a pending connection keeps nothing else.
     fn nonce_to_sign(&self, info: &Info) -> Option<String> {
-        self.shared
-            .signer
-            .as_ref()
-            .and_then(|_| info.str_field("nonce"))
+        self.shared.signer.as_ref()?;
+        let nonce = info.str_field("nonce");
+        if nonce.is_none() {
+            // nats-server sends a nonce only when it trusts proxies or has nkey/JWT users.
+            static WARNED: std::sync::Once = std::sync::Once::new();
+            WARNED.call_once(|| {
+                tracing::warn!(
+                    "upstream.trusted_proxy_seed_file is set but the upstream INFO has no nonce: \
+                     ADR-55 signing skipped (is natsgate's key in nats-server's proxies.trusted?)"
+                )
+            });
+            tracing::debug!(
+                conn = self.id,
+                "ADR-55 signing skipped: no nonce in upstream INFO"
+            );
+        }
+        nonce
     }
 
     /// What INFO tells this client about TLS: the listener's setting, except that a connection
@@ -207,7 +226,9 @@ impl<'a, S: PeekByte, D: Dial> Pending<'a, S, D> {
     /// clients are accepted on the same port).
     fn advert(&self) -> TlsAdvert {
         match (self.shared.advert(), &self.client) {
-            (TlsAdvert::Available { verify }, Some(c)) if c.is_tls() => TlsAdvert::Required { verify },
+            (TlsAdvert::Available { verify }, Some(c)) if c.is_tls() => {
+                TlsAdvert::Required { verify }
+            }
             (advert, _) => advert,
         }
     }
