@@ -120,10 +120,16 @@ impl<'a, S: PeekByte, D: Dial> Pending<'a, S, D> {
         // The window is over for the client; the dial gets its own limit.
         let limit = Instant::now() + self.config.upstream.connect_timeout;
         let UpstreamConn { mut stream, info } = self.dial(limit).await?;
-        if info.raw("nonce").is_some() {
+        // A nonce upstream matters only to a client that signs (nkey or JWT): it signed none.
+        // A password or token client is served; natsgate's own ADR-55 signature still applies.
+        let signs = ["sig", "nkey", "jwt"]
+            .iter()
+            .any(|k| line.fields.raw(k).is_some());
+        if signs && info.raw("nonce").is_some() {
             return Err(Refusal::NonceRequired);
         }
-        let forwarded = self.forward(&mut stream, &buf, &line, None).await?;
+        let nonce = self.nonce_to_sign(&info);
+        let forwarded = self.forward(&mut stream, &buf, &line, nonce).await?;
         Ok(self.established(stream, &line, forwarded))
     }
 

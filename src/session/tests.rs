@@ -650,16 +650,33 @@ async fn after_connect_dials_once_connect_is_in_and_forwards_it_with_the_pipelin
 }
 
 /// The upstream's configuration changed to nkey/JWT after natsgate answered with its own INFO:
-/// the client cannot be authenticated, and is told so.
+/// a client that signs (here: carries `nkey` and `sig`) cannot be authenticated, and is told so.
+/// A password client is still served (nats-server checks no signature for it).
 #[tokio::test(start_paused = true)]
 async fn after_connect_refuses_clearly_when_upstream_now_wants_a_nonce() {
     let (gw, config) = gateway("");
     let up = Upstream::new(Answer::InfoAfter(Duration::ZERO)).seen(INFO, NONCE_INFO);
-    let (end, _, (_, rest)) = run(&gw, &config, &up, |c| connect_at(c, Duration::ZERO)).await;
+    let signed: &'static [u8] = b"CONNECT {\"nkey\":\"UABC\",\"sig\":\"xyz\"}\r\n";
+    let (end, _, rest) = run(&gw, &config, &up, |mut c| async move {
+        read_line(&mut c).await;
+        c.write_all(signed).await.unwrap();
+        read_rest(&mut c).await
+    })
+    .await;
     let r = refusal(end);
     assert!(matches!(r, Refusal::NonceRequired), "{r}");
     assert_eq!(rest, protocol::ERR_NONCE_REQUIRED);
     assert!(String::from_utf8_lossy(&rest).starts_with("-ERR 'Authorization Violation"));
+
+    let up = Upstream::new(Answer::InfoAfter(Duration::ZERO)).seen(INFO, NONCE_INFO);
+    let (end, _, _c) = run(&gw, &config, &up, |mut c| async move {
+        read_line(&mut c).await;
+        c.write_all(CONNECT).await.unwrap();
+        c
+    })
+    .await;
+    drop(established(end).upstream);
+    assert_eq!(up.received().await, CONNECT);
 }
 
 /// `auto` with a nonce upstream (nkey/JWT users): dial at accept and relay nats-server's INFO
