@@ -53,9 +53,17 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    /// What INFO tells clients about TLS: natsgate's own listener, not the upstream's.
+    /// What INFO tells clients of the TCP listener about TLS: natsgate's own listener, not the
+    /// upstream's.
     pub(crate) fn advert(&self) -> TlsAdvert {
-        match &self.client_tls {
+        ClientTls::advert(self.client_tls.as_ref())
+    }
+}
+
+impl ClientTls {
+    /// What INFO tells a client about NATS-level TLS on a listener with `tls`.
+    pub(crate) fn advert(tls: Option<&ClientTls>) -> TlsAdvert {
+        match tls {
             None => TlsAdvert::None,
             Some(t) if t.required => TlsAdvert::Required { verify: t.verify },
             Some(t) => TlsAdvert::Available { verify: t.verify },

@@ -35,6 +35,8 @@ pub(crate) struct Established<U> {
 /// A client inside its authorization window.
 pub(crate) struct Pending<'a, S, D> {
     shared: &'a Shared,
+    /// NATS-level TLS (classic or first) for this listener; `None`: plaintext NATS.
+    tls: Option<&'a ClientTls>,
     /// The configuration snapshot taken at accept.
     config: &'a Config,
     dialer: &'a D,
@@ -62,6 +64,7 @@ impl<'a, S: PeekByte, D: Dial> Pending<'a, S, D> {
     ) -> Self {
         Pending {
             shared,
+            tls: shared.client_tls.as_ref(),
             config,
             dialer,
             client: Some(Stream::Plain(client)),
@@ -70,6 +73,14 @@ impl<'a, S: PeekByte, D: Dial> Pending<'a, S, D> {
             deadline: Instant::now() + config.auth_timeout,
             info_sent: 0,
         }
+    }
+
+    /// Serves NATS-level TLS as `tls` says instead of the TCP listener's `[tls]` (a WebSocket
+    /// listener's TLS is the HTTP layer's; NATS inside it is plaintext).
+    #[allow(dead_code)] // The WebSocket listener (issue 16) is its first caller.
+    pub(crate) fn with_tls(mut self, tls: Option<&'a ClientTls>) -> Self {
+        self.tls = tls;
+        self
     }
 
     /// The lifecycle of DESIGN §1, from accept to the forwarded CONNECT: the upstream is
@@ -173,7 +184,7 @@ impl<'a, S: PeekByte, D: Dial> Pending<'a, S, D> {
     /// Step 2: the TLS handshake comes first when configured, or when `auto` sees a
     /// ClientHello within its delay.
     async fn tls_first(&mut self) -> Result<(), Refusal> {
-        let Some(tls) = self.shared.client_tls.as_ref() else {
+        let Some(tls) = self.tls else {
             return Ok(());
         };
         let first = match tls.mode {
@@ -231,7 +242,7 @@ impl<'a, S: PeekByte, D: Dial> Pending<'a, S, D> {
     /// that did TLS first is told `tls_required`, as nats-server does (even when plaintext
     /// clients are accepted on the same port).
     fn advert(&self) -> TlsAdvert {
-        match (self.shared.advert(), &self.client) {
+        match (ClientTls::advert(self.tls), &self.client) {
             (TlsAdvert::Available { verify }, Some(c)) if c.is_tls() => {
                 TlsAdvert::Required { verify }
             }
@@ -257,7 +268,7 @@ impl<'a, S: PeekByte, D: Dial> Pending<'a, S, D> {
     /// Step 5: a classic-TLS client upgrades after INFO; plaintext where TLS is required is
     /// refused before any of its bytes are read.
     async fn classic_tls(&mut self) -> Result<(), Refusal> {
-        let Some(tls) = self.shared.client_tls.as_ref() else {
+        let Some(tls) = self.tls else {
             return Ok(());
         };
         if self.client()?.is_tls() {
