@@ -4,6 +4,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Instant as StdInstant;
 
 use base64::Engine;
@@ -87,12 +88,11 @@ impl<'a, S: PeekByte, D: Dial> Pending<'a, S, D> {
     /// dialed at accept, or only once a well-formed CONNECT has arrived (`upstream.dial`).
     pub(crate) async fn establish(&mut self) -> Result<Established<D::Io>, Refusal> {
         self.tls_first().await?;
-        let on_accept = self.dials_on_accept();
-        self.shared.metrics.dial_mode(on_accept);
-        if on_accept {
-            self.on_accept().await
-        } else {
-            self.after_connect().await
+        let own_info_from = self.own_info_from();
+        self.shared.metrics.dial_mode(own_info_from.is_none());
+        match own_info_from {
+            None => self.on_accept().await,
+            Some(latest) => self.after_connect(&latest).await,
         }
     }
 
@@ -120,12 +120,10 @@ impl<'a, S: PeekByte, D: Dial> Pending<'a, S, D> {
 
     /// `after_connect`: natsgate answers with its own INFO and dials only once the CONNECT is
     /// in: a client that never authenticates never costs nats-server a connection.
-    async fn after_connect(&mut self) -> Result<Established<D::Io>, Refusal> {
-        let latest = self.dialer.latest_info().ok_or(Refusal::ClientClosed)?;
+    async fn after_connect(&mut self, latest: &Info) -> Result<Established<D::Io>, Refusal> {
         let ip = self.addrs.0.ip();
-        self.send_info(protocol::own_info(&latest, self.id, ip))
+        self.send_info(protocol::own_info(latest, self.id, ip))
             .await?;
-        drop(latest);
         self.classic_tls().await?;
         let (buf, line) = self.read_connect().await?;
         // The window is over for the client; the dial gets its own limit.
@@ -144,16 +142,17 @@ impl<'a, S: PeekByte, D: Dial> Pending<'a, S, D> {
         Ok(self.established(stream, &line, forwarded))
     }
 
-    /// `auto` dials at accept while the latest upstream INFO carries a nonce (nkey or JWT
-    /// users sign it), or before any upstream INFO has been seen; otherwise after CONNECT.
-    fn dials_on_accept(&self) -> bool {
+    /// The upstream INFO to build natsgate's own INFO from, when this connection dials after
+    /// CONNECT; `None` dials at accept. `auto` dials at accept while the latest upstream INFO
+    /// carries a nonce (nkey or JWT users sign it); every mode dials at accept before any
+    /// upstream INFO has been seen (there is nothing to build an INFO from).
+    fn own_info_from(&self) -> Option<Arc<Info>> {
+        let latest = self.dialer.latest_info()?;
         match self.config.upstream.dial {
-            DialMode::OnAccept => true,
-            DialMode::AfterConnect => self.dialer.latest_info().is_none(),
-            DialMode::Auto => self
-                .dialer
-                .latest_info()
-                .is_none_or(|info| info.raw("nonce").is_some()),
+            DialMode::OnAccept => None,
+            DialMode::AfterConnect => Some(latest),
+            DialMode::Auto if latest.raw("nonce").is_some() => None,
+            DialMode::Auto => Some(latest),
         }
     }
 
