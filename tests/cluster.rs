@@ -168,7 +168,7 @@ async fn hung_then_killed_member_two_hundred_clients_served_and_readiness_follow
     assert!(failed.is_empty(), "{} failed: {failed:#?}", failed.len());
     let slowest = ok.iter().map(|(_, t)| *t).max().unwrap();
     assert!(
-        slowest < Duration::from_millis(1200),
+        slowest < patient(Duration::from_millis(1200)),
         "a client paid (nearly) its window: slowest {slowest:?}, p99 {:?}",
         p99(ok.iter().map(|(_, t)| *t))
     );
@@ -296,7 +296,10 @@ async fn full_member_is_skipped_and_two_hundred_clients_served() {
     let from_full = ok.iter().filter(|(id, _)| *id == full_id).count();
     assert_eq!(from_full, 0, "clients got the full member's INFO");
     let slowest = ok.iter().map(|(_, t)| *t).max().unwrap();
-    assert!(slowest < Duration::from_millis(1200), "slowest {slowest:?}");
+    assert!(
+        slowest < patient(Duration::from_millis(1200)),
+        "slowest {slowest:?}"
+    );
 
     assert_eventually!(within Duration::from_secs(5); up(&proxy, &urls[1]).await == 0.0);
     let m = proxy.metrics().await;
@@ -661,8 +664,10 @@ asyncio.run(main())
 
 /// A client refused at natsgate's own limit (`max_connections = 1`, one client established)
 /// gets an INFO first (the upstream's latest, without its nonce), then `-ERR 'maximum
-/// connections exceeded'`, as nats-server sends them; so async-nats and nats.py report the
-/// limit instead of "INFO not received". Their texts are printed here.
+/// connections exceeded'`, as nats-server sends them; so async-nats reports the limit
+/// ("IO error: nats: maximum connections exceeded") instead of "INFO not received", and
+/// nats.py reports what it reports at nats-server's own limit: "nats: 'maximum connections
+/// exceeded'" or, when the reset wins the race, "Connection lost". The texts are printed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_refused_at_a_limit_sees_info_then_the_error_and_reports_the_limit() {
     // An nkey user makes nats-server put a nonce in every INFO.
@@ -725,11 +730,18 @@ async fn a_client_refused_at_a_limit_sees_info_then_the_error_and_reports_the_li
         ),
         Some((text, reference)) => {
             eprintln!("nats.py reports: {text}\nnats.py at nats-server's own limit: {reference}");
+            // nats.py reads the -ERR only if it does so before the reset that its CONNECT,
+            // written into the closed socket, draws; otherwise it reports "Connection lost".
+            // Against nats-server itself it reports either, by the same race; without the
+            // INFO first it would report "empty response from server when expecting INFO".
+            let either = |t: &str| {
+                t.contains("maximum connections exceeded") || t.contains("Connection lost")
+            };
             assert!(
-                text == reference || text.contains("maximum connections"),
+                either(&text) && !text.contains("INFO"),
                 "nats.py: {text}\nat nats-server's limit: {reference}"
             );
-            assert!(!text.contains("INFO"), "nats.py: {text}");
+            assert!(either(&reference), "at nats-server's limit: {reference}");
         }
     }
     assert_eq!(proxy.metrics().await.rejected(Reject::Limit), 3.0);
