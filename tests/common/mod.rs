@@ -135,6 +135,35 @@ impl NatsServer {
             .collect()
     }
 
+    /// `n` servers routed into one cluster, like [`NatsServer::cluster`], where member `i` also
+    /// gets the config lines `extra(i)` (say, `max_connections: 1` for one of them).
+    pub fn cluster_with(n: usize, extra: impl Fn(usize) -> String) -> Vec<NatsServer> {
+        let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        (0..n)
+            .map(|i| {
+                let routes: Vec<String> = (0..n)
+                    .filter(|&j| j != i)
+                    .map(|j| format!("\"nats-route://127.0.0.1:{}\"", ports[j]))
+                    .collect();
+                NatsServer::start(&format!(
+                    "cluster {{ name: c{n}, listen: 127.0.0.1:{}, routes: [{}] }}\n{}",
+                    ports[i],
+                    routes.join(", "),
+                    extra(i)
+                ))
+            })
+            .collect()
+    }
+
+    /// The `server_id` this server puts in its INFO (from `/varz`).
+    pub async fn server_id(&self) -> String {
+        let varz = self.monitor("/varz").await;
+        varz["server_id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("/varz has no server_id: {varz}"))
+            .to_string()
+    }
+
     fn spawn(&mut self) {
         let conf = format!(
             "listen: 127.0.0.1:{}\nhttp: 127.0.0.1:{}\nlogfile: \"{}\"\n{}\n",
@@ -422,6 +451,15 @@ impl Proxy {
     /// An async-nats client with the test user.
     pub async fn client(&self) -> async_nats::Client {
         client(&self.url()).await
+    }
+
+    /// Writes `config` as this proxy's file and reloads it, as SIGHUP does; returns the notes
+    /// (keys that need a restart, warnings) or panics if the file is refused.
+    pub fn reload_with(&self, config: ProxyConfig) -> Vec<String> {
+        write_file(self._dir.path(), "proxy.toml", &config.to_toml());
+        self.handle
+            .reload()
+            .unwrap_or_else(|e| panic!("reload: {e}\n{}", config.to_toml()))
     }
 
     /// Every connection has gone: both phases of the active gauge are 0 and the limits agree.
