@@ -235,3 +235,14 @@ def test_edge_base(renders):
 def test_monitoring_base(renders):
     docs = renders["kustomize-monitoring"]
     assert by_kind(docs, "PodMonitor") and by_kind(docs, "PrometheusRule")
+
+
+def test_one_scrape_object_per_install(helm, renders):
+    """ServiceMonitor and PodMonitor together would scrape every series twice: the chart fails."""
+    for name in rendered_names():
+        if name.startswith("chart-"):
+            kinds = [d["kind"] for d in renders[name] if d["kind"] in ("PodMonitor", "ServiceMonitor")]
+            assert len(kinds) <= 1, f"{name}: {kinds}"
+    p = subprocess.run([helm, "template", "natsgate", CHART, "--set", "metrics.serviceMonitor.enabled=true",
+                        "--set", "metrics.podMonitor.enabled=true"], capture_output=True, text=True)
+    assert p.returncode != 0 and "twice" in p.stderr, p.stderr

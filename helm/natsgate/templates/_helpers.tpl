@@ -274,7 +274,8 @@ restartPolicy: Always
 {{/*
 natsgate.natsChartValues: values for the official nats chart (nats-io/k8s, helm/charts/nats)
 that put natsgate in every nats-server pod as a native sidecar:
-- nats-server moves to 127.0.0.1:<natsPort> (4223), so only natsgate can reach it;
+- nats-server moves to 127.0.0.1:<natsPort> (4223), so only natsgate can reach it, and its
+  monitor to 0.0.0.0:8222 (it would follow the client host), where the kubelet probes it;
 - the chart's client Service sends port 4222 to natsgate's "client" port;
 - podTemplate.patch adds natsgate.sidecarContainer and natsgate.volumes to the pod;
 - extraResources carries natsgate's ConfigMap (natsgate.proxyToml);
@@ -292,6 +293,9 @@ config:
     port: 4223
   merge:
     host: 127.0.0.1
+    # The monitor needs its own address: without one nats-server binds it to `host`
+    # (127.0.0.1), and the kubelet's probes of port 8222 on the pod IP never pass.
+    http: 0.0.0.0:8222
 service:
   patch:
     # The nats chart's Service lists the client port first; send it to natsgate.
