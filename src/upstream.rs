@@ -85,8 +85,12 @@ impl Dial for Upstreams {
         Upstreams::dial(self, deadline, client)
     }
 
+    /// Only while a member is up: with every member down, natsgate must not answer clients
+    /// with an INFO it cannot stand behind; they are dialed at accept and refused at once.
     fn latest_info(&self) -> Option<Arc<Info>> {
-        Upstreams::latest_info(self)
+        self.any_up()
+            .then(|| Upstreams::latest_info(self))
+            .flatten()
     }
 }
 
@@ -241,15 +245,15 @@ impl Upstreams {
         self.latest_info.load_full()
     }
 
-    /// The order to try members in: round-robin start, ejected members last.
+    /// The order to try members in: round-robin start; members that failed last, until a probe
+    /// (not a client) has seen them answer again.
     fn order(&self) -> Vec<Arc<Member>> {
         let members = self.members.load();
         let n = members.len().max(1);
         let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
-        let now = self.now_ms();
         let (mut up, down): (Vec<_>, Vec<_>) = (0..members.len())
             .map(|i| members[(start + i) % n].clone())
-            .partition(|m| !m.ejected(now));
+            .partition(|m| m.failures.load(Ordering::Relaxed) == 0);
         up.extend(down);
         up
     }

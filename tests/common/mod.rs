@@ -342,7 +342,10 @@ impl ProxyConfig {
         let path = write_file(dir.path(), "proxy.toml", &self.to_toml());
         let config = Config::load(&path).unwrap_or_else(|e| panic!("{e}\n{}", self.to_toml()));
         let gateway = Gateway::new(config).unwrap_or_else(|e| panic!("{e}"));
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        // The binary's backlog (4096), not tokio's default 1024: bursts behave as in production.
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener = socket.listen(4096).unwrap();
         let addr = listener.local_addr().unwrap();
         let admin = match self.admin {
             true => Some(TcpListener::bind("127.0.0.1:0").await.unwrap()),
