@@ -8,7 +8,6 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::task::TaskTracker;
 
 use crate::metrics::Reject;
-use crate::protocol;
 use crate::session;
 use crate::shared::Shared;
 
@@ -81,8 +80,7 @@ fn accept_one(shared: &Arc<Shared>, tasks: &TaskTracker, tcp: TcpStream, peer: S
             // INFO first, then the -ERR, the order nats-server uses: clients that do not see
             // INFO report "INFO not received" instead of the limit. The socket is fresh, so
             // these few hundred bytes fit its buffer; never wait on it.
-            let mut reply = limit_info(shared, peer, config.upstream.strip_connect_urls);
-            reply.extend_from_slice(protocol::ERR_MAX_CONNECTIONS);
+            let reply = shared.limit_refusal(peer.ip(), config.upstream.strip_connect_urls);
             let _ = tcp.try_write(&reply);
             if let Ok(std) = tcp.into_std() {
                 let _ = std.shutdown(std::net::Shutdown::Write);
@@ -90,25 +88,6 @@ fn accept_one(shared: &Arc<Shared>, tasks: &TaskTracker, tcp: TcpStream, peer: S
         }
     }
 }
-
-/// The INFO a client refused at a limit gets: the latest upstream INFO without its nonce (it
-/// belongs to another connection), rewritten as usual; a minimal valid INFO when no upstream
-/// has answered yet.
-fn limit_info(shared: &Shared, peer: SocketAddr, strip_connect_urls: bool) -> Vec<u8> {
-    let mut info = match shared.upstreams.latest_info() {
-        Some(latest) => protocol::own_info(&latest, 0, peer.ip()),
-        None => {
-            let minimal = protocol::parse_info(MINIMAL_INFO).unwrap_or_default();
-            protocol::own_info(&minimal, 0, peer.ip())
-        }
-    };
-    // No connection, so no client id.
-    info.remove("client_id");
-    protocol::rewrite_info(info, shared.advert(), strip_connect_urls)
-}
-
-/// What a refused client is told about the server before any upstream INFO is known.
-const MINIMAL_INFO: &[u8] = b"INFO {\"server_id\":\"natsgate\",\"server_name\":\"natsgate\",\"proto\":1,\"max_payload\":1048576}";
 
 /// Errors that concern only the connection being accepted, not the listener.
 pub(crate) fn is_per_connection(e: &std::io::Error) -> bool {

@@ -2,6 +2,7 @@
 //! the accept loop, the sessions and the admin server depend on it without depending on
 //! [`crate::gateway`], which starts them.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, HandshakeFirst};
 use crate::limits::Limits;
 use crate::metrics::Metrics;
-use crate::protocol::TlsAdvert;
+use crate::protocol::{self, TlsAdvert};
 use crate::tls::CertStore;
 use crate::upstream::Upstreams;
 
@@ -58,7 +59,30 @@ impl Shared {
     pub(crate) fn advert(&self) -> TlsAdvert {
         ClientTls::advert(self.client_tls.as_ref())
     }
+
+    /// What a client refused at a limit receives: an INFO, then `-ERR 'maximum connections
+    /// exceeded'`, the order nats-server uses (clients that see no INFO report "INFO not
+    /// received" instead of the limit). The INFO is the latest upstream INFO without its nonce
+    /// (it belongs to another connection), with the client's address and no client id, or a
+    /// minimal valid INFO when no upstream has answered yet.
+    pub(crate) fn limit_refusal(&self, client_ip: IpAddr, strip_connect_urls: bool) -> Vec<u8> {
+        let mut info = match self.upstreams.latest_info() {
+            Some(latest) => protocol::own_info(&latest, 0, client_ip),
+            None => {
+                let minimal = protocol::parse_info(MINIMAL_INFO).unwrap_or_default();
+                protocol::own_info(&minimal, 0, client_ip)
+            }
+        };
+        info.remove("client_id");
+        let mut reply = protocol::rewrite_info(info, self.advert(), strip_connect_urls);
+        reply.extend_from_slice(protocol::ERR_MAX_CONNECTIONS);
+        reply
+    }
 }
+
+/// What a refused client is told about the server before any upstream INFO is known.
+const MINIMAL_INFO: &[u8] =
+    b"INFO {\"server_id\":\"natsgate\",\"server_name\":\"natsgate\",\"proto\":1,\"max_payload\":1048576}";
 
 impl ClientTls {
     /// What INFO tells a client about NATS-level TLS on a listener with `tls`.
