@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{self, Config, DialMode};
 use crate::metrics::Metrics;
 use crate::shared::{ClientTls, Shared};
-use crate::tls::{self, CertStore};
+use crate::tls::{self, TlsFiles};
 use crate::upstream::{UpstreamTls, Upstreams};
 use crate::{admin, listener};
 
@@ -33,40 +33,55 @@ pub enum StartError {
 /// A configured proxy, ready to run.
 pub struct Gateway {
     pub(crate) shared: Arc<Shared>,
+    /// The TLS material reloaded from files (watched while running, re-read on SIGHUP).
+    tls: Arc<TlsFiles>,
+    notes: Vec<String>,
 }
 
 /// A handle to a running (or about to run) proxy: metrics, reload, shutdown.
 #[derive(Clone)]
 pub struct Handle {
     shared: Arc<Shared>,
+    tls: Arc<TlsFiles>,
 }
 
 impl Gateway {
     /// Builds everything that can fail (certificates, keys, seed) before any socket is served.
     pub fn new(config: Config) -> Result<Gateway, StartError> {
         let metrics = Arc::new(Metrics::new());
+        let mut files = TlsFiles::default();
+        let mut notes = Vec::new();
         let client_tls = match &config.tls {
             None => None,
             Some(t) => {
-                let certs = CertStore::load(&t.cert_file, &t.key_file, &metrics)?;
-                let server_config = tls::server_config(t, certs.clone())?;
+                let server_config = tls::server_config(t, &metrics, &mut files)?;
                 Some(ClientTls {
                     acceptor: tokio_rustls::TlsAcceptor::from(server_config),
                     mode: t.handshake_first,
                     required: t.required,
                     verify: t.ca_file.is_some(),
                     timeout: t.timeout,
-                    certs,
                 })
             }
         };
         let upstream_tls = match &config.upstream.tls {
-            None => None,
-            Some(t) => Some(UpstreamTls {
-                connector: tokio_rustls::TlsConnector::from(tls::upstream_client_config(t)?),
-                server_name: t.server_name.clone(),
-                handshake_first: t.handshake_first,
-            }),
+            None => {
+                notes.push(
+                    "upstream TLS: off (no [upstream.tls]); a server whose INFO requires TLS is \
+                     refused: add [upstream.tls] (without ca_file it trusts the platform store)"
+                        .to_string(),
+                );
+                None
+            }
+            Some(t) => {
+                let (config, note) = tls::upstream_client_config(t, &metrics, &mut files)?;
+                notes.push(note);
+                Some(UpstreamTls {
+                    connector: tokio_rustls::TlsConnector::from(config),
+                    server_name: t.server_name.clone(),
+                    handshake_first: t.handshake_first,
+                })
+            }
         };
         let signer = match &config.upstream.trusted_proxy_seed_file {
             None => None,
@@ -84,13 +99,22 @@ impl Gateway {
                 stop_pending: CancellationToken::new(),
                 stop_all: CancellationToken::new(),
             }),
+            tls: Arc::new(files),
+            notes,
         })
+    }
+
+    /// What was decided at start that an operator should know (where upstream trust comes
+    /// from); `--check-config` prints these and the binary logs them.
+    pub fn notes(&self) -> &[String] {
+        &self.notes
     }
 
     /// A handle for metrics, reload and shutdown; valid before and while [`Gateway::run`] runs.
     pub fn handle(&self) -> Handle {
         Handle {
             shared: self.shared.clone(),
+            tls: self.tls.clone(),
         }
     }
 
@@ -102,7 +126,7 @@ impl Gateway {
         admin: Option<TcpListener>,
         shutdown: impl Future<Output = ()>,
     ) {
-        let shared = self.shared;
+        let shared = self.shared.clone();
         let dial = match shared.config.load().upstream.dial {
             DialMode::Auto => "auto: after CONNECT while the upstream INFO has no nonce, at accept while it has one",
             DialMode::OnAccept => "on_accept: at accept (nats-server's own authorization timer runs inside the window)",
@@ -127,9 +151,10 @@ impl Gateway {
                 }
             });
         }
-        if let Some(t) = &shared.client_tls {
+        background.spawn(crate::logsummary::flush_forever());
+        if !self.tls.is_empty() {
             background.spawn(tls::watch(
-                t.certs.clone(),
+                self.tls.clone(),
                 shared.metrics.clone(),
                 CERT_POLL_INTERVAL,
             ));
@@ -147,6 +172,7 @@ impl Gateway {
         }
         shared.stop_all.cancel();
         background.shutdown().await;
+        crate::logsummary::flush(true);
     }
 }
 
@@ -161,17 +187,24 @@ impl Handle {
         self.shared.stop_pending.cancel();
     }
 
-    /// Re-reads the configuration file (SIGHUP). Timeouts and limits apply to new connections;
-    /// keys that need a restart are reported. A file that fails validation changes nothing.
+    /// Re-reads the configuration file and the TLS material (SIGHUP). Timeouts and limits
+    /// apply to new connections, and so does changed TLS material; keys that need a restart
+    /// are reported. A file that fails validation changes nothing; a broken certificate, key
+    /// or CA file keeps the previous one in service. One reload, one count in
+    /// `natsgate_config_reloads_total`: `failure` if anything it read was rejected.
     pub fn reload(&self) -> Result<Vec<String>, config::ConfigError> {
         let current = self.shared.config.load_full();
         let result = Config::load(&current.source);
-        self.shared.metrics.config_reload(result.is_ok());
-        if let Some(t) = &self.shared.client_tls {
-            t.certs.reload_if_changed(&self.shared.metrics);
-        }
+        let tls_ok = self.tls.reload_changed(&self.shared.metrics) != Some(false);
+        self.shared.metrics.config_reload(result.is_ok() && tls_ok);
         let new = result?;
         let mut notes = new.warnings.clone();
+        if !tls_ok {
+            notes.push(
+                "changed TLS material was rejected (logged above); the previous one stays in service"
+                    .to_string(),
+            );
+        }
         let restart = |key: &str, same: bool, notes: &mut Vec<String>| {
             if !same {
                 notes.push(format!("{key} changed: takes effect after a restart"));
@@ -187,9 +220,11 @@ impl Handle {
             new.admin.bind == current.admin.bind,
             &mut notes,
         );
+        // TLS configs are built once: their files are re-read, their keys are not.
+        restart("tls", same(&new.tls, &current.tls), &mut notes);
         restart(
-            "tls",
-            new.tls.is_some() == current.tls.is_some(),
+            "upstream.tls",
+            same(&new.upstream.tls, &current.upstream.tls),
             &mut notes,
         );
         // Added members get traffic once probed; removed ones get no new clients; established
@@ -203,6 +238,11 @@ impl Handle {
     pub fn open_connections(&self) -> usize {
         self.shared.limits.open()
     }
+}
+
+/// Whether two configuration sections are equal, compared as the data they serialise to.
+fn same<T: serde::Serialize>(a: &T, b: &T) -> bool {
+    serde_json::to_value(a).ok() == serde_json::to_value(b).ok()
 }
 
 fn load_seed(path: &std::path::Path) -> Result<nkeys::KeyPair, StartError> {

@@ -24,7 +24,8 @@
 //! | `listener`   | accept loop, graceful shutdown |
 //! | `session`    | one connection: the pending phases, then the hand-off to the relay |
 //! | `relay`      | the spliced byte stream, byte counts, half-close |
-//! | [`metrics`]  | metric names, the Prometheus recorder |
+//! | [`metrics`]  | metric names, the Prometheus recorder, the `process_*` series |
+//! | `logsummary` | refusal log lines under a flood: a few per second, then a count per reason |
 //! | `admin`      | `/metrics` `/livez` `/healthz` `/readyz`, bounded against floods |
 //! | [`fdlimit`]  | `RLIMIT_NOFILE`: raised at start-up, shared out between clients and reserve |
 //!
@@ -39,6 +40,7 @@ pub mod fdlimit;
 pub mod gateway;
 mod limits;
 mod listener;
+mod logsummary;
 pub mod metrics;
 pub mod protocol;
 mod relay;

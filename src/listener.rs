@@ -76,7 +76,9 @@ fn accept_one(shared: &Arc<Shared>, tasks: &TaskTracker, tcp: TcpStream, peer: S
         }
         None => {
             shared.metrics.reject(Reject::Limit);
-            tracing::info!(peer = %peer, reason = Reject::Limit.as_str(), "connection refused: limit reached");
+            if crate::logsummary::refused(Reject::Limit) {
+                tracing::info!(peer = %peer, reason = Reject::Limit.as_str(), "connection refused: limit reached");
+            }
             // INFO first, then the -ERR, the order nats-server uses: clients that do not see
             // INFO report "INFO not received" instead of the limit. The socket is fresh, so
             // these few hundred bytes fit its buffer; never wait on it.

@@ -96,10 +96,13 @@ fn check_config(config: Config, nofile: &fdlimit::Raise, budget: &Budget) -> Exi
     let note = config.upstream_timer_note();
     let descriptors = budget.check(config.listener.max_connections);
     // Certificates, keys and the seed are part of the configuration: load them too.
-    if let Err(e) = Gateway::new(config) {
-        eprintln!("natsgate: invalid configuration: {e}");
-        return ExitCode::from(2);
-    }
+    let notes = match Gateway::new(config) {
+        Ok(g) => g.notes().to_vec(),
+        Err(e) => {
+            eprintln!("natsgate: invalid configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
     println!(
         "{window}
 "
@@ -118,16 +121,25 @@ fn check_config(config: Config, nofile: &fdlimit::Raise, budget: &Budget) -> Exi
     if let Some(w) = descriptors {
         println!("# warning: {w}");
     }
+    for n in notes {
+        println!("# {n}");
+    }
     println!("# {note}");
     println!("# configuration OK");
     ExitCode::SUCCESS
 }
 
+/// Logs go to stdout. Colour only when stdout is a terminal (and `NO_COLOR` is unset): a
+/// file, a pipe or a container runtime's log gets plain text.
 fn init_logging(config: &Config) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_env("NATSGATE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.level));
+    let colour = std::io::stdout().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_target(false);
     match config.log.format {
         LogFormat::Json => builder.json().flatten_event(true).init(),
@@ -159,6 +171,9 @@ async fn run(config: Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    for n in gateway.notes() {
+        tracing::info!("{n}");
+    }
     tracing::info!(%bind, admin = %admin_bind, version = env!("CARGO_PKG_VERSION"), "natsgate listening");
     let handle = gateway.handle();
     tokio::spawn(reload_on_sighup(handle));

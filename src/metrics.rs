@@ -97,7 +97,9 @@ const CATALOGUE: [(&str, Kind, Option<Unit>, &str); 15] = [
         TLS_CERT_EXPIRY,
         Kind::Gauge,
         Some(Unit::Seconds),
-        "Expiry (notAfter) of the served TLS certificate, Unix time.",
+        "Expiry (notAfter) of each TLS certificate in use, Unix time, by `cert`: the served \
+         certificate, the client CA, the upstream CA, the upstream client certificate (for a CA \
+         bundle, its earliest notAfter).",
     ),
     (
         CONFIG_RELOADS,
@@ -174,6 +176,31 @@ impl Reject {
     }
 }
 
+/// Which certificate an expiry is about: the `cert` label of
+/// `natsgate_tls_cert_expiry_timestamp_seconds`. A series exists only for material in use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cert {
+    /// The certificate natsgate serves to clients (`[tls]`).
+    Served,
+    /// The CA client certificates are verified against (`tls.ca_file`).
+    ClientCa,
+    /// The CA upstream certificates are verified against (`upstream.tls.ca_file`).
+    UpstreamCa,
+    /// natsgate's client certificate towards upstream (`upstream.tls.cert_file`).
+    UpstreamClient,
+}
+
+impl Cert {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Cert::Served => "served",
+            Cert::ClientCa => "client_ca",
+            Cert::UpstreamCa => "upstream_ca",
+            Cert::UpstreamClient => "upstream_client",
+        }
+    }
+}
+
 /// The upstream's verdict on a forwarded CONNECT: the `result` label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuthResult {
@@ -209,11 +236,12 @@ pub struct Metrics {
     upstream_auth: [Counter; 3],
     pub client_to_upstream: Counter,
     pub upstream_to_client: Counter,
-    cert_expiry: Gauge,
     reload_success: Counter,
     reload_failure: Counter,
     /// `[on_accept, after_connect]`.
     dial_mode: [Counter; 2],
+    /// The standard `process_*` series, refreshed at each render.
+    process: metrics_process::Collector,
 }
 
 impl Metrics {
@@ -252,21 +280,25 @@ impl Metrics {
                 .counter(TRANSFERRED_BYTES, &[("direction", "client_to_upstream")]),
             upstream_to_client: r
                 .counter(TRANSFERRED_BYTES, &[("direction", "upstream_to_client")]),
-            cert_expiry: r.gauge(TLS_CERT_EXPIRY, &[]),
             reload_success: r.counter(CONFIG_RELOADS, &[("result", "success")]),
             reload_failure: r.counter(CONFIG_RELOADS, &[("result", "failure")]),
             dial_mode: ["on_accept", "after_connect"]
                 .map(|mode| r.counter(UPSTREAM_DIAL_MODE, &[("mode", mode)])),
+            process: metrics_process::Collector::default(),
             handle,
             recorder,
         };
+        metrics::with_local_recorder(&m.recorder, || {
+            m.process.describe();
+        });
         m.active_pending.set(0.0);
         m.active_established.set(0.0);
         m
     }
 
-    /// The Prometheus text exposition.
+    /// The Prometheus text exposition, with the `process_*` series read just now.
     pub fn render(&self) -> String {
+        metrics::with_local_recorder(&self.recorder, || self.process.collect());
         self.handle.render()
     }
 
@@ -324,12 +356,15 @@ impl Metrics {
         }
     }
 
-    pub fn set_cert_expiry(&self, not_after: SystemTime) {
+    /// Sets the expiry of one certificate in use (registering its series the first time).
+    pub fn set_cert_expiry(&self, cert: Cert, not_after: SystemTime) {
         let secs = not_after
             .duration_since(UNIX_EPOCH)
             .unwrap_or(Duration::ZERO)
             .as_secs_f64();
-        self.cert_expiry.set(secs);
+        Registrar(&self.recorder)
+            .gauge(TLS_CERT_EXPIRY, &[("cert", cert.as_str())])
+            .set(secs);
     }
 }
 
@@ -417,5 +452,63 @@ mod tests {
             !text.contains("quantile"),
             "histograms, not summaries: {text}"
         );
+    }
+
+    /// A value from the exposition: the first sample of `series` (name plus labels, exactly as
+    /// rendered).
+    fn sample(text: &str, series: &str) -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("no {series} in:\n{text}"))
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    #[test]
+    fn process_metrics_in_our_own_exposition() {
+        let m = Metrics::new();
+        let text = m.render();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        let start = sample(&text, "process_start_time_seconds");
+        assert!(
+            start > now - 3600.0 && start <= now + 1.0,
+            "start {start}, now {now}"
+        );
+        let rss = sample(&text, "process_resident_memory_bytes");
+        assert!(rss > 1e6 && rss < 64e9, "resident {rss}");
+        let open = sample(&text, "process_open_fds");
+        let max = sample(&text, "process_max_fds");
+        assert!(open >= 3.0 && open < max, "open {open}, max {max}");
+        sample(&text, "process_cpu_seconds_total");
+        assert!(
+            text.contains("# TYPE process_cpu_seconds_total counter"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn certificate_expiry_by_cert_only_for_material_in_use() {
+        let m = Metrics::new();
+        assert!(
+            !m.render().contains(TLS_CERT_EXPIRY),
+            "no series without TLS"
+        );
+        m.set_cert_expiry(
+            Cert::UpstreamCa,
+            UNIX_EPOCH + Duration::from_secs(2_000_000_000),
+        );
+        let text = m.render();
+        assert_eq!(
+            sample(
+                &text,
+                "natsgate_tls_cert_expiry_timestamp_seconds{cert=\"upstream_ca\"}"
+            ),
+            2e9
+        );
+        assert!(!text.contains("cert=\"served\""), "{text}");
     }
 }

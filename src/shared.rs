@@ -13,12 +13,11 @@ use crate::config::{Config, HandshakeFirst};
 use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::protocol::{self, TlsAdvert};
-use crate::tls::CertStore;
 use crate::upstream::Upstreams;
 
 /// Client-side TLS as configured in `[tls]`.
 pub(crate) struct ClientTls {
-    /// Accepts handshakes with the certificate currently in `certs`.
+    /// Accepts handshakes with the TLS material currently loaded (see [`crate::tls`]).
     pub(crate) acceptor: tokio_rustls::TlsAcceptor,
     /// TLS first, classic (after INFO), or detected per connection.
     pub(crate) mode: HandshakeFirst,
@@ -28,8 +27,6 @@ pub(crate) struct ClientTls {
     pub(crate) verify: bool,
     /// `tls.timeout`: the handshake's own limit, inside the window.
     pub(crate) timeout: Duration,
-    /// The served certificate pair, reloaded when its files change.
-    pub(crate) certs: Arc<CertStore>,
 }
 
 /// State shared by every connection of one running proxy.

@@ -31,7 +31,8 @@ pub struct UpstreamConfig {
     /// ADR-55 trusted proxy: an nkey seed file; natsgate signs each nonce and adds `proxy_sig`.
     #[serde(default, deserialize_with = "value::optional_file")]
     pub trusted_proxy_seed_file: Option<PathBuf>,
-    /// TLS towards the servers; absent means plaintext unless a server's INFO requires TLS.
+    /// TLS towards the servers; absent means plaintext (a server whose INFO requires TLS is
+    /// refused). Without `ca_file` the platform trust store is used.
     #[serde(default)]
     pub tls: Option<UpstreamTlsConfig>,
     /// When a client's upstream connection is made: at accept, or only once its CONNECT has

@@ -84,16 +84,18 @@ async fn refuse(
 ) {
     let reason = refusal.reason();
     shared.metrics.reject(reason);
-    tracing::info!(
-        conn = log.id,
-        peer = %log.peer,
-        duration_ms = log.accepted.elapsed().as_millis() as u64,
-        bytes_in = 0u64,
-        bytes_out = pending.info_sent() as u64,
-        reason = reason.as_str(),
-        detail = %refusal,
-        "connection refused"
-    );
+    if crate::logsummary::refused(reason) {
+        tracing::info!(
+            conn = log.id,
+            peer = %log.peer,
+            duration_ms = log.accepted.elapsed().as_millis() as u64,
+            bytes_in = 0u64,
+            bytes_out = pending.info_sent() as u64,
+            reason = reason.as_str(),
+            detail = %refusal,
+            "connection refused"
+        );
+    }
     if let (Some(client), Some(reply)) = (pending.into_client(), refusal.reply()) {
         close_with(client, &reply).await;
     }
