@@ -243,8 +243,8 @@ def test_chart_tls_before_a_tls_cluster(node, renders, pki):
     run_gateway(node, renders["chart-ci-tls"], "natsgate", pki, tls=True, mtls=True)
 
 
-@pytest.mark.xfail(strict=False, reason="needs the chart's extraEnv/extraVolumes (not done yet) and "
-                   "natsgate's platform trust store (issue 14, src helper)")
+@pytest.mark.xfail(strict=False, reason="needs natsgate's platform trust store for [upstream.tls] "
+                   "without ca_file (issue 14, src helper); the chart's extraEnv/extraVolumes are in")
 def test_chart_upstream_tls_with_the_platform_trust_store(node, helm, pki):
     """upstreamTls.enabled without existingSecret: natsgate verifies nats-server against the
     platform's trust store; SSL_CERT_FILE (set with the chart's extraEnv, the CA mounted with
