@@ -170,8 +170,12 @@ def test_sidecar_fixture_matches_the_example():
 
     example = yaml.safe_load((CHART / "examples/nats-sidecar-values.yaml").read_text())
     docs = fixture_docs("sidecar")
-    example_toml = example["extraResources"][0]["data"]["proxy.toml"]
-    assert find_proxy_tomls(docs) == [example_toml], "stale fixture: run fixtures/render-nats-chart.sh"
+    assert find_proxy_tomls(docs) == find_proxy_tomls(example), "stale fixture: run fixtures/render-nats-chart.sh"
+    policies = [d for d in docs if d["kind"] == "NetworkPolicy"]
+    (example_policy,) = [r for r in example["extraResources"] if r["kind"] == "NetworkPolicy"]
+    assert [p["spec"]["policyTypes"] for p in policies] == [example_policy["spec"]["policyTypes"]], \
+        "stale fixture: the example's NetworkPolicy is missing; run fixtures/render-nats-chart.sh"
+    assert len(policies[0]["spec"]["ingress"]) == len(example_policy["spec"]["ingress"]), "stale fixture"
     conf = next(d for d in docs if d["kind"] == "ConfigMap" and "nats.conf" in d["data"])["data"]["nats.conf"]
     conf = json.loads(re.sub(r":\s*\$[A-Z_]+", ': "$VAR"', conf))
     for k, v in example["config"]["merge"].items():
