@@ -233,7 +233,7 @@ def test_edge_base_before_a_cluster(node, renders, pki):
 
 
 @UPSTREAM_DIAL_FINDING
-@pytest.mark.parametrize("values", ["default", "monitoring"])
+@pytest.mark.parametrize("values", ["default", "monitoring", "config-toml"])
 def test_chart_before_a_cluster(node, renders, pki, values):
     start_cluster(node, "cluster")
     run_gateway(node, renders[f"chart-ci-{values}"], "natsgate", pki, tls=False)
