@@ -80,13 +80,18 @@ def load_docs(text: str) -> list[dict]:
 def example_objects(values: dict) -> list[dict]:
     """The nats-chart values example as objects: its extraResources, and a Pod made of its
     podTemplate.patch (what the nats chart would render around it)."""
+    selector = {"app.kubernetes.io/name": "nats", "app.kubernetes.io/instance": "nats",
+                "app.kubernetes.io/component": "nats"}  # the nats chart's nats.selectorLabels
+
     def untpl(node):
         if isinstance(node, dict):
-            return "nats-natsgate" if set(node) == {"$tplYaml"} else {k: untpl(v) for k, v in node.items()}
+            if set(node) == {"$tplYaml"}:
+                return dict(selector) if "nats.selectorLabels" in node["$tplYaml"] else "nats-natsgate"
+            return {k: untpl(v) for k, v in node.items()}
         return [untpl(v) for v in node] if isinstance(node, list) else node
 
     values = untpl(values)
-    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "nats-0", "labels": {}},
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "nats-0", "labels": dict(selector)},
            "spec": {"containers": [{"name": "nats", "image": "nats:2.14.2-alpine", "lifecycle": {
                "preStop": {"exec": {"command": ["nats-server", "--signal", "ldm=/var/run/nats/nats.pid"]}}}}],
                     "volumes": []}}

@@ -170,8 +170,12 @@ def test_sidecar_fixture_matches_the_example():
 
     example = yaml.safe_load((CHART / "examples/nats-sidecar-values.yaml").read_text())
     docs = fixture_docs("sidecar")
-    example_toml = example["extraResources"][0]["data"]["proxy.toml"]
-    assert find_proxy_tomls(docs) == [example_toml], "stale fixture: run fixtures/render-nats-chart.sh"
+    assert find_proxy_tomls(docs) == find_proxy_tomls(example), "stale fixture: run fixtures/render-nats-chart.sh"
+    policies = [d for d in docs if d["kind"] == "NetworkPolicy"]
+    (example_policy,) = [r for r in example["extraResources"] if r["kind"] == "NetworkPolicy"]
+    assert [p["spec"]["policyTypes"] for p in policies] == [example_policy["spec"]["policyTypes"]], \
+        "stale fixture: the example's NetworkPolicy is missing; run fixtures/render-nats-chart.sh"
+    assert len(policies[0]["spec"]["ingress"]) == len(example_policy["spec"]["ingress"]), "stale fixture"
     conf = next(d for d in docs if d["kind"] == "ConfigMap" and "nats.conf" in d["data"])["data"]["nats.conf"]
     conf = json.loads(re.sub(r":\s*\$[A-Z_]+", ': "$VAR"', conf))
     for k, v in example["config"]["merge"].items():
@@ -229,7 +233,7 @@ def test_edge_base_before_a_cluster(node, renders, pki):
 
 
 @UPSTREAM_DIAL_FINDING
-@pytest.mark.parametrize("values", ["default", "monitoring"])
+@pytest.mark.parametrize("values", ["default", "monitoring", "config-toml"])
 def test_chart_before_a_cluster(node, renders, pki, values):
     start_cluster(node, "cluster")
     run_gateway(node, renders[f"chart-ci-{values}"], "natsgate", pki, tls=False)
@@ -243,8 +247,8 @@ def test_chart_tls_before_a_tls_cluster(node, renders, pki):
     run_gateway(node, renders["chart-ci-tls"], "natsgate", pki, tls=True, mtls=True)
 
 
-@pytest.mark.xfail(strict=False, reason="needs the chart's extraEnv/extraVolumes (not done yet) and "
-                   "natsgate's platform trust store (issue 14, src helper)")
+@pytest.mark.xfail(strict=False, reason="needs natsgate's platform trust store for [upstream.tls] "
+                   "without ca_file (issue 14, src helper); the chart's extraEnv/extraVolumes are in")
 def test_chart_upstream_tls_with_the_platform_trust_store(node, helm, pki):
     """upstreamTls.enabled without existingSecret: natsgate verifies nats-server against the
     platform's trust store; SSL_CERT_FILE (set with the chart's extraEnv, the CA mounted with

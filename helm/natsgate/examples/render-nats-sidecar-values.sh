@@ -56,6 +56,10 @@ cat <<'HEADER'
 # - natsgate runs as an init container with restartPolicy: Always, with its proxy.toml in a
 #   ConfigMap (extraResources) and its TLS Secret mounted as a directory;
 # - nats-box and the chart's `helm test` trust the CA (ca.crt) of natsgate's TLS Secret.
+# - a NetworkPolicy (extraResources) lets clients reach natsgate's client port only, the
+#   monitoring namespace natsgate's admin port and nats-server's monitor, the pods each
+#   other's routes port; every other nats-server port (WebSocket, leafnodes, MQTT, gateways)
+#   is closed: they would bypass natsgate.
 # Merge your other nats chart values (cluster, JetStream, ...) with this file.
 HEADER
 # $(...) drops trailing newlines; printf puts exactly one back.

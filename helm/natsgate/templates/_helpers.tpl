@@ -74,13 +74,88 @@ seed: /etc/natsgate/seed
 {{- end }}
 
 {{/*
-natsgate.proxyToml: natsgate's proxy.toml, rendered from .Values.config (settings) and from
+natsgate.proxyToml: the proxy.toml the chart ships: configToml verbatim when set, else the
+rendered one (natsgate.renderedProxyToml) followed by extraToml.
+*/}}
+{{- define "natsgate.proxyToml" -}}
+{{- if .Values.configToml }}
+{{- .Values.configToml }}
+{{- else }}
+{{- include "natsgate.renderedProxyToml" . }}
+{{- with .Values.extraToml }}
+# extraToml (values):
+{{ . }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* Name of the ConfigMap natsgate reads: existingConfigMap, or the chart's own. */}}
+{{- define "natsgate.usedConfigMapName" -}}
+{{- default (include "natsgate.configMapName" .) .Values.existingConfigMap }}
+{{- end }}
+
+{{/*
+natsgate.validate: cross-value rules no JSON schema can express; `fail` with a message that
+names the values. Included by every template that renders natsgate's pods.
+*/}}
+{{- define "natsgate.validate" -}}
+{{- if and .Values.existingConfigMap (or .Values.configToml .Values.extraToml) }}
+{{- fail "existingConfigMap is set: natsgate reads proxy.toml from that ConfigMap, so configToml and extraToml would be ignored; put their content into your ConfigMap and leave them empty" }}
+{{- end }}
+{{- if and .Values.deployment.enabled .Values.autoscaling.enabled }}
+{{- $a := .Values.autoscaling }}
+{{- if gt (int $a.minReplicas) (int $a.maxReplicas) }}
+{{- fail (printf "autoscaling.minReplicas (%d) is above autoscaling.maxReplicas (%d)" (int $a.minReplicas) (int $a.maxReplicas)) }}
+{{- end }}
+{{- if not (dig "requests" "cpu" "" .Values.resources) }}
+{{- fail "autoscaling.enabled needs resources.requests.cpu: the HPA's CPU target is a percentage of it" }}
+{{- end }}
+{{- if and $a.targetMemoryUtilizationPercentage (not (dig "requests" "memory" "" .Values.resources)) }}
+{{- fail "autoscaling.targetMemoryUtilizationPercentage needs resources.requests.memory: the target is a percentage of it" }}
+{{- end }}
+{{- end }}
+{{- include "natsgate.validatePdb" . }}
+{{- end }}
+
+{{/*
+natsgate.replicasFloor: the fewest pods the edge Deployment runs (replicaCount, or the HPA's
+minReplicas), against which the PodDisruptionBudget is checked.
+*/}}
+{{- define "natsgate.replicasFloor" -}}
+{{- if .Values.autoscaling.enabled }}{{ int .Values.autoscaling.minReplicas }}{{ else }}{{ int .Values.replicaCount }}{{ end }}
+{{- end }}
+
+{{/*
+natsgate.validatePdb: a PodDisruptionBudget that allows no eviction at all blocks every node
+drain and cluster upgrade for good; refuse it rather than render it.
+*/}}
+{{- define "natsgate.validatePdb" -}}
+{{- $pdb := .Values.podDisruptionBudget }}
+{{- $n := int (include "natsgate.replicasFloor" .) }}
+{{- $what := ternary "autoscaling.minReplicas" "replicaCount" .Values.autoscaling.enabled }}
+{{- if and .Values.deployment.enabled $pdb.enabled (gt $n 1) }}
+{{- if not (kindIs "invalid" $pdb.maxUnavailable) }}
+{{- if or (eq (toString $pdb.maxUnavailable) "0") (eq (toString $pdb.maxUnavailable) "0%") }}
+{{- fail (printf "podDisruptionBudget.maxUnavailable is %v: no pod could ever be evicted, so node drains would hang; use 1 or more" $pdb.maxUnavailable) }}
+{{- end }}
+{{- else if kindIs "string" $pdb.minAvailable }}
+{{- if ge (int (trimSuffix "%" $pdb.minAvailable)) 100 }}
+{{- fail (printf "podDisruptionBudget.minAvailable is %s: no pod could ever be evicted, so node drains would hang; use less than 100%%" $pdb.minAvailable) }}
+{{- end }}
+{{- else if ge (int $pdb.minAvailable) $n }}
+{{- fail (printf "podDisruptionBudget.minAvailable (%d) must be below %s (%d): otherwise no pod could ever be evicted and node drains would hang" (int $pdb.minAvailable) $what $n) }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+natsgate.renderedProxyToml: natsgate's proxy.toml, rendered from .Values.config (settings) and from
 .Values.tls / .upstreamTls / .trustedProxySeed / .ports (files and binds). Numbers that are
 integers go through `int` (Helm reads every YAML number as a float and would otherwise print
 65536 as 65536 but 1000000 as 1e+06); strings go through toJson, which yields a valid TOML
 basic string.
 */}}
-{{- define "natsgate.proxyToml" -}}
+{{- define "natsgate.renderedProxyToml" -}}
 {{- $c := .Values.config -}}
 {{- $p := include "natsgate.paths" . | fromYaml -}}
 # proxy.toml rendered by the natsgate Helm chart from its values; edit the values, not this.
@@ -118,6 +193,7 @@ servers = [{{ range $i, $s := $c.upstream.servers }}{{ if $i }}, {{ end }}{{ $s 
 connect_timeout = {{ $c.upstream.connect_timeout | toJson }}
 proxy_protocol = {{ $c.upstream.proxy_protocol | toJson }}
 strip_connect_urls = {{ $c.upstream.strip_connect_urls | toJson }}
+dial = {{ $c.upstream.dial | toJson }}
 {{- if .Values.trustedProxySeed.existingSecret }}
 trusted_proxy_seed_file = "{{ $p.seed }}/{{ .Values.trustedProxySeed.key }}"
 {{- end }}
@@ -154,7 +230,7 @@ Secrets are mounted as directories, never with subPath, so renewals reach natsga
 {{- define "natsgate.volumes" -}}
 - name: natsgate-config
   configMap:
-    name: {{ include "natsgate.configMapName" . }}
+    name: {{ include "natsgate.usedConfigMapName" . }}
 {{- if .Values.tls.enabled }}
 - name: natsgate-tls
   secret:
@@ -178,6 +254,9 @@ Secrets are mounted as directories, never with subPath, so renewals reach natsga
   secret:
     secretName: {{ .Values.trustedProxySeed.existingSecret }}
 {{- end }}
+{{- with .Values.extraVolumes }}
+{{ toYaml . }}
+{{- end }}
 {{- end }}
 
 {{/*
@@ -192,6 +271,10 @@ imagePullPolicy: {{ .Values.image.pullPolicy }}
 args:
   - --config
   - {{ $p.config }}/proxy.toml
+{{- with .Values.extraEnv }}
+env:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
 ports:
   - name: client
     containerPort: {{ int .Values.ports.client }}
@@ -259,6 +342,9 @@ volumeMounts:
     mountPath: {{ $p.seed }}
     readOnly: true
 {{- end }}
+{{- with .Values.extraVolumeMounts }}
+  {{- toYaml . | nindent 2 }}
+{{- end }}
 {{- end }}
 
 {{/*
@@ -271,6 +357,70 @@ passes, runs beside them, and is stopped only after they have exited.
 restartPolicy: Always
 {{- end }}
 
+{{/* natsgate.monitoringPeer: the NetworkPolicyPeer of the monitoring namespace (values). */}}
+{{- define "natsgate.monitoringPeer" -}}
+{{- $m := .Values.networkPolicy.monitoring -}}
+namespaceSelector:
+  {{- toYaml $m.namespaceSelector | nindent 2 }}
+{{- with $m.podSelector }}
+podSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}
+
+{{/*
+natsgate.podIngress: the ingress rules of the pods that run natsgate. Takes a dict: ctx (the
+chart's root context) and self (matchLabels of the pods themselves; non-empty in sidecar mode,
+where the pods are nats-server's: its monitor is opened to the monitoring namespace and its
+routes port to those pods, every other nats-server port stays closed).
+*/}}
+{{- define "natsgate.podIngress" -}}
+{{- $ := .ctx -}}
+{{- $np := $.Values.networkPolicy -}}
+# Clients: natsgate's client port{{ if not $np.clients.from }}, from anywhere{{ end }}.
+- ports:
+    - port: client
+      protocol: TCP
+    {{- range $np.clients.extraPorts }}
+    - port: {{ . }}
+      protocol: TCP
+    {{- end }}
+  {{- with $np.clients.from }}
+  from:
+    {{- toYaml . | nindent 4 }}
+    {{- if $.Values.deployment.enabled }}
+    # The chart's `helm test` pod.
+    - podSelector:
+        matchLabels:
+          {{- include "natsgate.selectorLabels" $ | nindent 10 }}
+          app.kubernetes.io/component: test
+    {{- end }}
+  {{- end }}
+# Metrics and probes: natsgate's admin port{{ if .self }} and nats-server's monitor{{ end }}, from the monitoring namespace.
+- ports:
+    - port: admin
+      protocol: TCP
+    {{- if .self }}
+    - port: monitor
+      protocol: TCP
+    {{- end }}
+  from:
+    {{- toYaml (list (include "natsgate.monitoringPeer" $ | fromYaml)) | nindent 4 }}
+{{- with .self }}
+# nats-server routes, between the pods of the cluster.
+- ports:
+    - port: cluster
+      protocol: TCP
+  from:
+    - podSelector:
+        matchLabels:
+          {{- toYaml . | nindent 10 }}
+{{- end }}
+{{- with $np.extraIngress }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
 {{/*
 natsgate.natsChartValues: values for the official nats chart (nats-io/k8s, helm/charts/nats)
 that put natsgate in every nats-server pod as a native sidecar:
@@ -278,7 +428,10 @@ that put natsgate in every nats-server pod as a native sidecar:
   monitor to 0.0.0.0:8222 (it would follow the client host), where the kubelet probes it;
 - the chart's client Service sends port 4222 to natsgate's "client" port;
 - podTemplate.patch adds natsgate.sidecarContainer and natsgate.volumes to the pod;
-- extraResources carries natsgate's ConfigMap (natsgate.proxyToml);
+- extraResources carries natsgate's ConfigMap (natsgate.proxyToml) and, with
+  networkPolicy.enabled, a NetworkPolicy for the nats-server pods (natsgate.podIngress):
+  clients reach natsgate's client port only, the monitoring namespace the admin and monitor
+  ports, the pods each other's routes port; every other nats-server port is closed;
 - with TLS, nats-box (and the nats chart's `helm test`) trust the CA in the TLS Secret.
 Names use the nats chart's own `$tplYaml` templating, so the release name can be anything.
 examples/render-nats-sidecar-values.sh renders this into examples/nats-sidecar-values.yaml.
@@ -316,7 +469,7 @@ podTemplate:
       value:
         - {{ include "natsgate.sidecarContainer" . | nindent 10 | trim }}
 {{- range $vols }}
-{{- if .configMap }}
+{{- if and (eq .name "natsgate-config") (not $.Values.existingConfigMap) }}
     - op: add
       path: /spec/volumes/-
       value:
@@ -342,7 +495,28 @@ natsBox:
       merge:
         ca: /etc/nats-ca-cert/ca.crt
 {{- end }}
+{{- if or .Values.networkPolicy.enabled (not .Values.existingConfigMap) }}
 extraResources:
+{{- end }}
+{{- if .Values.networkPolicy.enabled }}
+  - apiVersion: networking.k8s.io/v1
+    kind: NetworkPolicy
+    metadata:
+      name:
+        $tplYaml: {{ $cm | quote }}
+      labels:
+        app.kubernetes.io/name: natsgate
+        app.kubernetes.io/part-of: natsgate
+    spec:
+      podSelector:
+        matchLabels:
+          $tplYaml: '{{ "{{" }} include "nats.selectorLabels" $ {{ "}}" }}'
+      policyTypes:
+        - Ingress
+      ingress:
+        {{- include "natsgate.podIngress" (dict "ctx" . "self" (dict "$tplYaml" "{{ include \"nats.selectorLabels\" $ }}")) | nindent 8 }}
+{{- end }}
+{{- if not .Values.existingConfigMap }}
   - apiVersion: v1
     kind: ConfigMap
     metadata:
@@ -354,4 +528,5 @@ extraResources:
     data:
       proxy.toml: |
         {{- regexReplaceAll "(?m)[ \t]+$" (include "natsgate.proxyToml" . | nindent 8) "" }}
+{{- end }}
 {{- end }}
