@@ -8,7 +8,7 @@
 //!
 //! # Layout
 //!
-//! One module, one job. Imports form a tree: `gateway` → `listener` → `session` → `limits`,
+//! One module, one job. Imports form a tree: `gateway` → `listener` (and `websocket`) → `session` → `limits`,
 //! with `shared`, `config`, `protocol` and `metrics` as leaves everyone may use.
 //!
 //! | module       | job |
@@ -27,6 +27,7 @@
 //! | [`metrics`]  | metric names, the Prometheus recorder |
 //! | `admin`      | `/metrics` `/livez` `/healthz` `/readyz`, bounded against floods |
 //! | [`fdlimit`]  | `RLIMIT_NOFILE`: raised at start-up, shared out between clients and reserve |
+//! | `websocket`  | `[websocket]`: the upgrade, the framing adapter, the same window and relay |
 //!
 //! `main.rs` is only the command line. Tests start the proxy in-process with [`Gateway::new`]
 //! and [`Gateway::run`] on listeners they bound to port 0.
@@ -47,6 +48,7 @@ mod shared;
 mod stream;
 mod tls;
 mod upstream;
+mod websocket;
 
 pub use gateway::{Gateway, Handle, StartError};
 pub use relay::WRITE_STALL_LIMIT;
