@@ -14,6 +14,7 @@ use crate::metrics::Metrics;
 use crate::shared::{ClientTls, Shared};
 use crate::tls::{self, TlsFiles};
 use crate::upstream::{UpstreamTls, Upstreams};
+use crate::websocket::{self, WsListener};
 use crate::{admin, listener};
 
 /// How often the certificate files are re-read even without a file-system event.
@@ -36,6 +37,8 @@ pub struct Gateway {
     /// The TLS material reloaded from files (watched while running, re-read on SIGHUP).
     tls: Arc<TlsFiles>,
     notes: Vec<String>,
+    /// `[websocket]`: its certificate and series, and its socket once bound.
+    websocket: Option<(Arc<WsListener>, Option<TcpListener>)>,
 }
 
 /// A handle to a running (or about to run) proxy: metrics, reload, shutdown.
@@ -43,6 +46,7 @@ pub struct Gateway {
 pub struct Handle {
     shared: Arc<Shared>,
     tls: Arc<TlsFiles>,
+    websocket: Option<Arc<WsListener>>,
 }
 
 impl Gateway {
@@ -88,7 +92,15 @@ impl Gateway {
             Some(path) => Some(load_seed(path)?),
         };
         let upstreams = Upstreams::new(&config.upstream, upstream_tls, metrics.clone());
+        let websocket = match &config.websocket {
+            None => None,
+            Some(w) => Some((
+                Arc::new(WsListener::new(w, config.tls.is_some(), &metrics)?),
+                None,
+            )),
+        };
         Ok(Gateway {
+            websocket,
             shared: Arc::new(Shared {
                 config: ArcSwap::from_pointee(config),
                 metrics,
@@ -115,17 +127,39 @@ impl Gateway {
         Handle {
             shared: self.shared.clone(),
             tls: self.tls.clone(),
+            websocket: self.websocket.as_ref().map(|(w, _)| w.clone()),
         }
+    }
+
+    /// Binds `[websocket].bind`, if configured, and returns its address; [`Gateway::run`] does
+    /// it otherwise, but then a port in use only shows as an error in the log.
+    pub async fn bind_websocket(&mut self) -> std::io::Result<Option<std::net::SocketAddr>> {
+        let Some((_, socket)) = &mut self.websocket else {
+            return Ok(None);
+        };
+        if socket.is_none() {
+            let Some(w) = &self.shared.config.load().websocket else {
+                return Ok(None);
+            };
+            *socket = Some(TcpListener::bind(w.bind).await?);
+        }
+        socket.as_ref().map(|s| s.local_addr()).transpose()
     }
 
     /// Serves clients on `listener` (and the admin endpoints on `admin`, if given) until
     /// `shutdown` completes; then drains as configured and returns.
     pub async fn run(
-        self,
+        mut self,
         listener: TcpListener,
         admin: Option<TcpListener>,
         shutdown: impl Future<Output = ()>,
     ) {
+        if let Err(e) = self.bind_websocket().await {
+            let bind = self.shared.config.load().websocket.as_ref().map(|w| w.bind);
+            tracing::error!(bind = ?bind, error = %e, "cannot listen for WebSocket clients");
+            return;
+        }
+        let websocket = self.websocket.take().and_then(|(w, s)| Some((w, s?)));
         let shared = self.shared.clone();
         let dial = match shared.config.load().upstream.dial {
             DialMode::Auto => "auto: after CONNECT while the upstream INFO has no nonce, at accept while it has one",
@@ -159,8 +193,21 @@ impl Gateway {
                 CERT_POLL_INTERVAL,
             ));
         }
+        if let Some((certs, expiry)) = websocket.as_ref().and_then(|(w, _)| w.certs()) {
+            background.spawn(tls::watch(certs, expiry, CERT_POLL_INTERVAL));
+        }
         let stop = shared.stop_pending.clone();
-        let accept = listener::serve(shared.clone(), listener);
+        let (tcp_shared, ws_shared) = (shared.clone(), shared.clone());
+        let accept = async move {
+            let ws = async move {
+                if let Some((ws, socket)) = websocket {
+                    let addr = socket.local_addr().ok();
+                    tracing::info!(bind = ?addr, tls = ws.certs().is_some(), "listening for WebSocket clients");
+                    websocket::serve(ws_shared, ws, socket).await;
+                }
+            };
+            tokio::join!(listener::serve(tcp_shared, listener), ws);
+        };
         tokio::pin!(accept);
         tokio::select! {
             _ = &mut accept => {}
@@ -196,10 +243,16 @@ impl Handle {
         let current = self.shared.config.load_full();
         let result = Config::load(&current.source);
         let tls_ok = self.tls.reload_changed(&self.shared.metrics) != Some(false);
-        self.shared.metrics.config_reload(result.is_ok() && tls_ok);
+        let ws_ok = match self.websocket.as_ref().and_then(|w| w.certs()) {
+            Some((files, expiry)) => files.reload_changed(&expiry) != Some(false),
+            None => true,
+        };
+        self.shared
+            .metrics
+            .config_reload(result.is_ok() && tls_ok && ws_ok);
         let new = result?;
         let mut notes = new.warnings.clone();
-        if !tls_ok {
+        if !(tls_ok && ws_ok) {
             notes.push(
                 "changed TLS material was rejected (logged above); the previous one stays in service"
                     .to_string(),
@@ -225,6 +278,12 @@ impl Handle {
         restart(
             "upstream.tls",
             same(&new.upstream.tls, &current.upstream.tls),
+            &mut notes,
+        );
+        let ws_socket = |c: &Config| c.websocket.as_ref().map(|w| (w.bind, w.is_tls()));
+        restart(
+            "websocket (bind, certificate files)",
+            ws_socket(&new) == ws_socket(&current),
             &mut notes,
         );
         // Added members get traffic once probed; removed ones get no new clients; established

@@ -8,7 +8,7 @@
 //!
 //! # Layout
 //!
-//! One module, one job. Imports form a tree: `gateway` → `listener` → `session` → `limits`,
+//! One module, one job. Imports form a tree: `gateway` → `listener` (and `websocket`) → `session` → `limits`,
 //! with `shared`, `config`, `protocol` and `metrics` as leaves everyone may use.
 //!
 //! | module       | job |
@@ -28,6 +28,7 @@
 //! | `logsummary` | refusal log lines under a flood: a few per second, then a count per reason |
 //! | `admin`      | `/metrics` `/livez` `/healthz` `/readyz`, bounded against floods |
 //! | [`fdlimit`]  | `RLIMIT_NOFILE`: raised at start-up, shared out between clients and reserve |
+//! | `websocket`  | `[websocket]`: the upgrade, the framing adapter, the same window and relay |
 //!
 //! `main.rs` is only the command line. Tests start the proxy in-process with [`Gateway::new`]
 //! and [`Gateway::run`] on listeners they bound to port 0.
@@ -49,6 +50,7 @@ mod shared;
 mod stream;
 mod tls;
 mod upstream;
+mod websocket;
 
 pub use gateway::{Gateway, Handle, StartError};
 pub use relay::WRITE_STALL_LIMIT;

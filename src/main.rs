@@ -150,7 +150,7 @@ fn init_logging(config: &Config) {
 async fn run(config: Config) -> ExitCode {
     let bind = config.listener.bind;
     let admin_bind = config.admin.bind;
-    let gateway = match Gateway::new(config) {
+    let mut gateway = match Gateway::new(config) {
         Ok(g) => g,
         Err(e) => {
             tracing::error!("cannot start: {e}");
@@ -164,6 +164,10 @@ async fn run(config: Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Err(e) = gateway.bind_websocket().await {
+        tracing::error!("cannot listen for WebSocket clients: {e}");
+        return ExitCode::FAILURE;
+    }
     let admin = match tokio::net::TcpListener::bind(admin_bind).await {
         Ok(l) => l,
         Err(e) => {

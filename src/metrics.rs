@@ -140,6 +140,19 @@ pub(crate) struct MemberMetrics {
     pub(crate) ejections: Counter,
 }
 
+/// A second listener's own series of the per-connection counters.
+pub(crate) struct ListenerMetrics {
+    pub(crate) accepted: Counter,
+    rejected: [Counter; 7],
+}
+
+impl ListenerMetrics {
+    pub(crate) fn reject(&self, why: Reject) {
+        let i = Reject::ALL.iter().position(|r| *r == why).unwrap_or(0);
+        self.rejected[i].increment(1);
+    }
+}
+
 /// Why a connection was refused before it was established: the `reason` label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reject {
@@ -266,11 +279,15 @@ impl Metrics {
         r.gauge(BUILD_INFO, &[("version", env!("CARGO_PKG_VERSION"))])
             .set(1.0);
         let m = Metrics {
-            accepted: r.counter(CONNECTIONS_ACCEPTED, &[]),
+            accepted: r.counter(CONNECTIONS_ACCEPTED, &[("listener", "tcp")]),
             active_pending: r.gauge(CONNECTIONS_ACTIVE, &[("phase", "pending")]),
             active_established: r.gauge(CONNECTIONS_ACTIVE, &[("phase", "established")]),
-            rejected: Reject::ALL
-                .map(|why| r.counter(CONNECTIONS_REJECTED, &[("reason", why.as_str())])),
+            rejected: Reject::ALL.map(|why| {
+                r.counter(
+                    CONNECTIONS_REJECTED,
+                    &[("reason", why.as_str()), ("listener", "tcp")],
+                )
+            }),
             connect_wait: r.histogram(CONNECT_WAIT),
             tls_handshake: r.histogram(TLS_HANDSHAKE),
             upstream_connect: r.histogram(UPSTREAM_CONNECT),
@@ -329,6 +346,24 @@ impl Metrics {
         };
         m.errors.increment(0);
         m.ejections.increment(0);
+        m
+    }
+
+    /// Registers the accepted and rejected series of a second listener (`listener` label:
+    /// `websocket`); the TCP listener's are the `listener="tcp"` fields of [`Metrics`].
+    pub(crate) fn listener(&self, listener: &'static str) -> ListenerMetrics {
+        let r = Registrar(&self.recorder);
+        let m = ListenerMetrics {
+            accepted: r.counter(CONNECTIONS_ACCEPTED, &[("listener", listener)]),
+            rejected: Reject::ALL.map(|why| {
+                r.counter(
+                    CONNECTIONS_REJECTED,
+                    &[("reason", why.as_str()), ("listener", listener)],
+                )
+            }),
+        };
+        m.accepted.increment(0);
+        m.rejected.iter().for_each(|c| c.increment(0));
         m
     }
 
@@ -432,11 +467,15 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("natsgate_connections_rejected_total{reason=\"limit\"} 1"),
+            text.contains(
+                "natsgate_connections_rejected_total{reason=\"limit\",listener=\"tcp\"} 1"
+            ),
             "{text}"
         );
         assert!(
-            text.contains("natsgate_connections_rejected_total{reason=\"shutdown\"} 0"),
+            text.contains(
+                "natsgate_connections_rejected_total{reason=\"shutdown\",listener=\"tcp\"} 0"
+            ),
             "{text}"
         );
         assert!(

@@ -84,7 +84,7 @@ pub(crate) async fn relay(
     }
 }
 
-async fn relay_halves<CR, CW, UR, UW>(
+pub(crate) async fn relay_halves<CR, CW, UR, UW>(
     mut cr: CR,
     mut cw: CW,
     mut ur: UR,

@@ -19,6 +19,7 @@ mod ops;
 mod tls;
 mod upstream;
 mod value;
+mod websocket;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -31,6 +32,8 @@ pub use listener::{InboundProxyConfig, ListenerConfig};
 pub use ops::{AdminConfig, LogConfig, LogFormat, ShutdownConfig};
 pub use tls::{HandshakeFirst, TlsConfig};
 pub use upstream::{DialMode, ProxyProtocol, UpstreamConfig, UpstreamServer, UpstreamTlsConfig};
+pub(crate) use websocket::Origin;
+pub use websocket::{AllowedOrigin, WebSocketConfig};
 
 /// A configuration error, already phrased for an operator: `file: key: problem`.
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +63,9 @@ pub struct Config {
     pub tls: Option<TlsConfig>,
     /// `[upstream]`: the nats-servers behind natsgate (required).
     pub upstream: UpstreamConfig,
+    /// `[websocket]`: NATS over WebSocket on a second listener; absent means none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub websocket: Option<WebSocketConfig>,
     /// `[admin]`: the metrics and health endpoint.
     #[serde(default = "value::all_defaults")]
     pub admin: AdminConfig,
@@ -142,6 +148,9 @@ impl Config {
                 ));
             }
         }
+        if let Some(w) = &self.websocket {
+            w.validate()?;
+        }
         Ok(())
     }
 
@@ -153,6 +162,9 @@ impl Config {
             files.extend(t.ca_file.as_mut());
         }
         files.extend(self.upstream.trusted_proxy_seed_file.as_mut());
+        if let Some(w) = &mut self.websocket {
+            files.extend([&mut w.cert_file, &mut w.key_file].into_iter().flatten());
+        }
         if let Some(t) = &mut self.upstream.tls {
             files.extend(
                 [&mut t.ca_file, &mut t.cert_file, &mut t.key_file]

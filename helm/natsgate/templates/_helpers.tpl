@@ -187,6 +187,19 @@ timeout = {{ $c.tls.timeout | toJson }}
 handshake_first = {{ $c.tls.handshake_first | toJson }}
 required = {{ $c.tls.required | toJson }}
 {{- end }}
+{{- if .Values.websocket.enabled }}
+
+[websocket]
+bind = "0.0.0.0:{{ int .Values.websocket.port }}"
+{{- if .Values.websocket.tls }}
+{{- if not .Values.tls.enabled }}
+{{- fail "websocket.tls serves the client TLS Secret: it needs tls.enabled and tls.existingSecret" }}
+{{- end }}
+cert_file = "{{ $p.tls }}/tls.crt"
+key_file = "{{ $p.tls }}/tls.key"
+{{- end }}
+allowed_origins = [{{ range $i, $o := .Values.websocket.allowedOrigins }}{{ if $i }}, {{ end }}{{ $o | toJson }}{{ end }}]
+{{- end }}
 
 [upstream]
 servers = [{{ range $i, $s := $c.upstream.servers }}{{ if $i }}, {{ end }}{{ $s | toJson }}{{ end }}]
@@ -282,6 +295,11 @@ ports:
   - name: admin
     containerPort: {{ int .Values.ports.admin }}
     protocol: TCP
+{{- if .Values.websocket.enabled }}
+  - name: websocket
+    containerPort: {{ int .Values.websocket.port }}
+    protocol: TCP
+{{- end }}
 {{- if gt (int .Values.preStopSleepSeconds) 0 }}
 lifecycle:
   preStop:

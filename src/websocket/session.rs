@@ -1,0 +1,299 @@
+//! One WebSocket client from accept to its close line: TLS and the HTTP upgrade inside the
+//! window, then the TCP listener's pending phase over the unwrapped stream, then the relay.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant as StdInstant;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::time::{timeout_at, Instant};
+use tokio_util::sync::CancellationToken;
+
+use super::io::WsIo;
+use super::upgrade::{self, Head};
+use super::{WsListener, LABEL};
+use crate::config::Config;
+use crate::limits::Admission;
+use crate::metrics::Reject;
+use crate::protocol::ServerStream;
+use crate::relay::{relay_halves, RelayEnd};
+use crate::session::{close_with, Established, Pending, Refusal};
+use crate::shared::Shared;
+use crate::stream::Stream;
+
+/// Bytes a client may send after the upgrade and before its CONNECT is complete, on top of
+/// `max_control_line`: room for frame headers, pings and the ops pipelined behind CONNECT.
+const PIPELINE_ALLOWANCE: usize = 64 * 1024;
+
+/// The upgraded client as the pending phase and the relay see it.
+type Client = Stream<WsIo<Stream>>;
+
+/// How the upgrade phase failed: the metric reason, the log detail, and the HTTP answer
+/// (with the socket to send it on) when there is one.
+struct UpgradeFailed {
+    reason: Reject,
+    detail: String,
+    reply: Option<(Stream, Vec<u8>)>,
+}
+
+impl UpgradeFailed {
+    fn quiet(reason: Reject, detail: impl Into<String>) -> Self {
+        UpgradeFailed {
+            reason,
+            detail: detail.into(),
+            reply: None,
+        }
+    }
+}
+
+/// What every log line of one connection says.
+struct CloseLog {
+    id: u64,
+    peer: SocketAddr,
+    accepted: StdInstant,
+}
+
+pub(super) async fn serve(
+    shared: Arc<Shared>,
+    ws: Arc<WsListener>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    mut admission: Admission,
+    stop_relays: CancellationToken,
+) {
+    let accepted = StdInstant::now();
+    let deadline = Instant::now() + shared.config.load().auth_timeout;
+    let config = shared.config.load_full();
+    let local = tcp.local_addr().unwrap_or(peer);
+    let _ = tcp.set_nodelay(true);
+    let log = CloseLog {
+        id: admission.id(),
+        peer,
+        accepted,
+    };
+
+    let upgraded = tokio::select! {
+        r = timeout_at(deadline, upgrade(&shared, &ws, tcp, &config)) => match r {
+            Ok(r) => r,
+            // Dropping the future closed the socket: there is no channel to say more on.
+            Err(_) => Err(UpgradeFailed::quiet(Reject::AuthTimeout, "window closed during the TLS handshake or the HTTP upgrade")),
+        },
+        _ = shared.stop_pending.cancelled() => Err(UpgradeFailed::quiet(Reject::Shutdown, "natsgate is shutting down")),
+    };
+    let client = match upgraded {
+        Ok(c) => c,
+        Err(failed) => return refuse_upgrade(&ws, failed, &log).await,
+    };
+
+    // The pending phase is the TCP listener's, run with what differs here: the window's
+    // remainder (it started at accept), and INFO without `connect_urls` (the cluster's client
+    // URLs are no WebSocket endpoints; nor are the gateway's TCP `advertise` ones). No inbound
+    // PROXY header is read inside the frames.
+    let mut own = Config::clone(&config);
+    own.auth_timeout = deadline.saturating_duration_since(Instant::now());
+    own.upstream.strip_connect_urls = true;
+    own.listener.advertise.clear();
+    own.listener.proxy_protocol = None;
+    let mut pending = Pending::new(
+        &shared,
+        &own,
+        &shared.upstreams,
+        client,
+        (peer, local),
+        log.id,
+    )
+    .with_tls(None);
+    let result = tokio::select! {
+        r = pending.establish() => r,
+        _ = shared.stop_pending.cancelled() => Err(Refusal::Shutdown),
+    };
+    match result {
+        Err(refusal) => refuse(&ws, pending, refusal, &log).await,
+        Ok(established) => {
+            let info_sent = pending.info_sent();
+            let Some(client) = pending.into_client() else {
+                return;
+            };
+            shared
+                .metrics
+                .connect_wait
+                .record(accepted.elapsed().as_secs_f64());
+            admission.established();
+            relay_to_end(&shared, client, established, info_sent, &log, &stop_relays).await;
+        }
+    }
+}
+
+/// Counts and logs a connection that never completed its upgrade, and answers it if it can.
+async fn refuse_upgrade(ws: &WsListener, failed: UpgradeFailed, log: &CloseLog) {
+    ws.metrics.reject(failed.reason);
+    if crate::logsummary::refused(failed.reason) {
+        tracing::info!(
+            conn = log.id,
+            peer = %log.peer,
+            listener = LABEL,
+            duration_ms = log.accepted.elapsed().as_millis() as u64,
+            bytes_in = 0u64,
+            bytes_out = 0u64,
+            reason = failed.reason.as_str(),
+            detail = %failed.detail,
+            "connection refused"
+        );
+    }
+    if let Some((client, reply)) = failed.reply {
+        close_with(client, &reply).await;
+    }
+}
+
+/// TLS (for `wss://`), then the HTTP upgrade, answered with 101 or with nats-server's status.
+async fn upgrade(
+    shared: &Shared,
+    ws: &WsListener,
+    tcp: TcpStream,
+    config: &Config,
+) -> Result<WsIo<Stream>, UpgradeFailed> {
+    let mut client = match &ws.tls {
+        None => Stream::Plain(tcp),
+        Some(tls) => {
+            let started = StdInstant::now();
+            match Box::pin(tls.acceptor.accept(tcp)).await {
+                Ok(s) => {
+                    shared
+                        .metrics
+                        .tls_handshake
+                        .record(started.elapsed().as_secs_f64());
+                    Stream::Tls(Box::new(s.into()))
+                }
+                Err(e) => {
+                    return Err(UpgradeFailed::quiet(
+                        Reject::TlsHandshake,
+                        format!("TLS handshake failed: {e}"),
+                    ))
+                }
+            }
+        }
+    };
+    let protocol = |detail: String| UpgradeFailed::quiet(Reject::Protocol, detail);
+    let head = match upgrade::read_head(&mut client).await {
+        Ok(Head::Complete { head, extra: false }) => head,
+        Ok(Head::Complete { extra: true, .. }) => {
+            // nats-server's answer to bytes sent before the 101.
+            return Err(http_refusal(
+                client,
+                400,
+                "client sent data before handshake is complete",
+            ));
+        }
+        Ok(Head::TooLarge) => return Err(http_refusal(client, 431, "request head too large")),
+        Ok(Head::Closed) => return Err(protocol("client closed during the HTTP upgrade".into())),
+        Err(e) => return Err(protocol(format!("during the HTTP upgrade: {e}"))),
+    };
+    let allowed = config
+        .websocket
+        .as_ref()
+        .map(|w| w.allowed_origins.as_slice())
+        .unwrap_or_default();
+    let accept = match upgrade::check(&head, allowed) {
+        Ok(accept) => accept,
+        Err(refused) => return Err(http_refusal(client, refused.status, refused.reason)),
+    };
+    let response = upgrade::switching_protocols(&accept);
+    let write = async {
+        client.write_all(&response).await?;
+        client.flush().await
+    };
+    if let Err(e) = write.await {
+        return Err(protocol(format!("while answering the upgrade: {e}")));
+    }
+    let budget = config.listener.max_control_line + PIPELINE_ALLOWANCE;
+    Ok(WsIo::new(client, budget).await)
+}
+
+fn http_refusal(client: Stream, status: u16, why: &str) -> UpgradeFailed {
+    UpgradeFailed {
+        reason: Reject::Protocol,
+        detail: format!("WebSocket upgrade refused with {status}: {why}"),
+        reply: Some((client, upgrade::error_response(status))),
+    }
+}
+
+/// Counts and logs a refusal inside the window, then sends its reply in a frame, then a close
+/// frame.
+async fn refuse(
+    ws: &WsListener,
+    pending: Pending<'_, WsIo<Stream>, crate::upstream::Upstreams>,
+    refusal: Refusal,
+    log: &CloseLog,
+) {
+    let reason = refusal.reason();
+    ws.metrics.reject(reason);
+    if crate::logsummary::refused(reason) {
+        tracing::info!(
+            conn = log.id,
+            peer = %log.peer,
+            listener = LABEL,
+            duration_ms = log.accepted.elapsed().as_millis() as u64,
+            bytes_in = 0u64,
+            bytes_out = pending.info_sent() as u64,
+            reason = reason.as_str(),
+            detail = %refusal,
+            "connection refused"
+        );
+    }
+    if let Some(client) = pending.into_client() {
+        // Without a reply (the window closed while INFO was written) there is still a close
+        // frame: the client learns the connection ended on purpose.
+        close_with(client, &refusal.reply().unwrap_or_default()).await;
+    }
+}
+
+/// Relays an established connection until it ends, then writes its close line.
+async fn relay_to_end(
+    shared: &Shared,
+    mut client: Client,
+    established: Established<Stream>,
+    info_sent: usize,
+    log: &CloseLog,
+    stop: &CancellationToken,
+) {
+    if let Stream::Plain(io) = &mut client {
+        io.established();
+    }
+    let server = ServerStream::new(established.advert, true);
+    let (cr, cw) = tokio::io::split(client);
+    let metrics = &shared.metrics;
+    // Boxed: the relay state exists only once the connection is established.
+    let mut outcome = match established.upstream {
+        Stream::Plain(mut tcp) => {
+            let (ur, uw) = tcp.split();
+            Box::pin(relay_halves(cr, cw, ur, uw, server, metrics, stop)).await
+        }
+        upstream => {
+            let (ur, uw) = tokio::io::split(upstream);
+            Box::pin(relay_halves(cr, cw, ur, uw, server, metrics, stop)).await
+        }
+    };
+    outcome.client_to_upstream += established.forwarded as u64;
+    outcome.upstream_to_client += info_sent as u64;
+    let who = &established.identity;
+    let error = match &outcome.end {
+        RelayEnd::Error(e) => e.to_string(),
+        _ => String::new(),
+    };
+    tracing::info!(
+        conn = log.id,
+        peer = %log.peer,
+        listener = LABEL,
+        duration_ms = log.accepted.elapsed().as_millis() as u64,
+        bytes_in = outcome.client_to_upstream,
+        bytes_out = outcome.upstream_to_client,
+        reason = outcome.end.as_str(),
+        client_name = who.name.as_deref().unwrap_or(""),
+        client_lang = who.lang.as_deref().unwrap_or(""),
+        client_version = who.version.as_deref().unwrap_or(""),
+        user = who.user.as_deref().unwrap_or(""),
+        error = %error,
+        "connection closed"
+    );
+}
