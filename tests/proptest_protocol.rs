@@ -18,8 +18,8 @@
 //! the fuzz targets `server_ops` and `connect_identity`.
 
 use natsgate::protocol::fuzz_logic::{
-    check_connect_identity, check_server_stream, follow, go_fold_reference, reference_identity,
-    ADVERTS,
+    check_connect_identity, check_proxy_header, check_proxy_writers, check_server_stream, follow,
+    go_fold_reference, reference_identity, ADVERTS,
 };
 use natsgate::protocol::{parse_info, rewrite_info, scan_connect, ConnectLine, TlsAdvert, Verdict};
 use proptest::prelude::*;
@@ -482,4 +482,102 @@ fn the_split_helper_can_fail() {
     let (got, at) = streamed(b"CONNECT {}\r\n", &[3, 3], 4096);
     assert!(matches!(got, Ok(Some(_))));
     assert_eq!(at, 12);
+}
+
+/// Any socket address, IPv4, IPv6 or IPv4-mapped IPv6 (what a dual-stack socket reports).
+fn socket_addr() -> impl Strategy<Value = std::net::SocketAddr> {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+    (
+        0u8..3,
+        any::<[u8; 16]>(),
+        prop_oneof![Just(0u16), Just(65535u16), any::<u16>()],
+    )
+        .prop_map(|(kind, b, port)| {
+            let v4 = Ipv4Addr::new(b[0], b[1], b[2], b[3]);
+            let ip = match kind {
+                0 => IpAddr::V4(v4),
+                1 => IpAddr::V6(v4.to_ipv6_mapped()),
+                _ => IpAddr::V6(Ipv6Addr::from(b)),
+            };
+            SocketAddr::new(ip, port)
+        })
+}
+
+/// Streams a load balancer (or anyone else) might open a connection with: written headers with
+/// the client's traffic after them, the same with one byte changed, cut short, or followed by
+/// TLVs, the two prefixes followed by arbitrary bytes, and arbitrary bytes.
+fn proxy_stream() -> impl Strategy<Value = Vec<u8>> {
+    use natsgate::protocol::{proxy_header_v1, proxy_header_v2, PROXY_V2_SIGNATURE};
+    let written = || {
+        (socket_addr(), socket_addr(), 0u8..3).prop_map(|(s, d, how)| match how {
+            0 => proxy_header_v1(s, d),
+            1 => proxy_header_v2(Some((s, d))),
+            _ => proxy_header_v2(None),
+        })
+    };
+    let tail = prop::sample::select(vec![
+        &b""[..],
+        b"CONNECT {}\r\n",
+        b"\x16\x03\x01\x00",
+        b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\n",
+    ]);
+    prop_oneof![
+        (written(), tail).prop_map(|(h, t)| [&h[..], t].concat()),
+        (written(), any::<prop::sample::Index>(), any::<u8>()).prop_map(|(mut h, i, b)| {
+            let at = i.index(h.len());
+            h[at] = b;
+            h
+        }),
+        (written(), any::<prop::sample::Index>()).prop_map(|(h, i)| h[..i.index(h.len())].to_vec()),
+        // v2 with TLVs (or garbage) after the addresses, the length field covering them.
+        (
+            socket_addr(),
+            socket_addr(),
+            prop::collection::vec(any::<u8>(), 0..64)
+        )
+            .prop_map(|(s, d, tlv)| {
+                let mut h = proxy_header_v2(Some((s, d)));
+                h.extend_from_slice(&tlv);
+                let len = (h.len() - 16) as u16;
+                h[14..16].copy_from_slice(&len.to_be_bytes());
+                h
+            }),
+        (
+            prop::sample::select(vec![
+                &b"PROXY "[..],
+                b"PROXY TCP4 ",
+                b"PROXY TCP6 ",
+                b"PROXY UNKNOWN",
+                &PROXY_V2_SIGNATURE[..],
+            ]),
+            prop::collection::vec(
+                prop_oneof![
+                    any::<u8>(),
+                    prop::sample::select(b"0123456789.: \r\nabcdefABCDEF".to_vec())
+                ],
+                0..120
+            ),
+        )
+            .prop_map(|(p, rest)| [p, &rest[..]].concat()),
+        prop::collection::vec(any::<u8>(), 0..64),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 1024, ..ProptestConfig::default() })]
+
+    /// The property is fuzz_logic's, shared with the `proxy_parse` fuzz target.
+    #[test]
+    fn any_split_of_a_proxy_header_stream_gives_the_whole_streams_answer(
+        stream in proxy_stream(),
+        reads in prop::collection::vec(1usize..16, 0..20),
+    ) {
+        check_proxy_header(&stream, &reads);
+    }
+
+    /// The property is fuzz_logic's, shared with the `proxy_header` fuzz target.
+    #[test]
+    fn written_proxy_headers_read_back_unmapped(src in socket_addr(), dst in socket_addr()) {
+        check_proxy_writers(src, dst);
+    }
 }

@@ -7,7 +7,13 @@ use std::collections::BTreeMap;
 
 use serde_json::value::RawValue;
 
-use super::{scan_connect, ClientIdentity, ServerStream, TlsAdvert, Verdict, IDENTITY_MAX_CHARS};
+use std::net::{IpAddr, SocketAddr};
+
+use super::{
+    parse_proxy_header, proxy_header_v1, proxy_header_v2, scan_connect, ClientIdentity,
+    ProxyHeader, ServerStream, TlsAdvert, Verdict, IDENTITY_MAX_CHARS, PROXY_V1_MAX_LEN,
+    PROXY_V2_MAX_ADDR_LEN,
+};
 
 /// The TLS adverts a follower may be built with, indexed by a fuzz byte.
 pub const ADVERTS: [TlsAdvert; 5] = [
@@ -198,5 +204,96 @@ pub fn check_connect_identity(stream: &[u8], max_control_line: usize) {
         format!("{:?}", line.fields),
         format!("{:?}", other.fields),
         "a secret's value shows in Debug"
+    );
+}
+
+/// The inbound PROXY header parser's properties, for one client stream split into reads of the
+/// given sizes (0 is read as 1):
+/// - no panic;
+/// - the streamed answer (call the parser on the bytes so far after every read, act on the
+///   first answer that is not "need more") equals the whole stream's answer;
+/// - every prefix answers "need more" or the whole stream's answer (for streams up to 4 KiB);
+/// - a header lies inside the stream, no longer than the specification allows, and reads the
+///   same from exactly its own bytes;
+/// - the addresses of a header are written back by `proxy_header_v1`/`v2` into a header that
+///   reads as the same addresses (v1: unless the families differ, when it is `UNKNOWN`).
+pub fn check_proxy_header(stream: &[u8], reads: &[usize]) {
+    let whole = parse_proxy_header(stream);
+    let mut end = 0;
+    let mut sizes = reads.iter().copied();
+    let streamed = loop {
+        end = match sizes.next() {
+            Some(n) => (end + n.max(1)).min(stream.len()),
+            None => stream.len(),
+        };
+        match parse_proxy_header(&stream[..end]) {
+            Ok(None) if end < stream.len() => continue,
+            other => break other,
+        }
+    };
+    assert_eq!(
+        streamed, whole,
+        "split {reads:?} differs from the whole stream"
+    );
+    if stream.len() <= 4096 {
+        for cut in 0..stream.len() {
+            let part = parse_proxy_header(&stream[..cut]);
+            assert!(
+                part == Ok(None) || part == whole,
+                "prefix {cut}: {part:?}, whole: {whole:?}"
+            );
+        }
+    }
+    let Ok(Some((header, len))) = whole else {
+        return;
+    };
+    assert!(len <= stream.len());
+    let limit = if stream[0] == b'P' {
+        PROXY_V1_MAX_LEN
+    } else {
+        16 + PROXY_V2_MAX_ADDR_LEN
+    };
+    assert!(len <= limit, "header of {len} bytes");
+    assert_eq!(parse_proxy_header(&stream[..len]), Ok(Some((header, len))));
+    if let ProxyHeader::Proxied { src, dst } = header {
+        for ip in [src.ip(), dst.ip()] {
+            assert_eq!(ip, ip.to_canonical(), "a mapped address is reported");
+        }
+        check_proxy_writers(src, dst);
+    }
+}
+
+/// The PROXY header writers' properties, for any address pair: never a panic; v1 is one line of
+/// at most 107 bytes; both read back (by [`parse_proxy_header`]) as the unmapped addresses, or
+/// v1 as `UNKNOWN` when the unmapped families differ; an IPv4 client (mapped or not) is always
+/// written as `TCP4` / `AF_INET` when the other side is IPv4 too.
+pub fn check_proxy_writers(src: SocketAddr, dst: SocketAddr) {
+    let un = |a: SocketAddr| SocketAddr::new(a.ip().to_canonical(), a.port());
+    let (s, d) = (un(src), un(dst));
+    let want = ProxyHeader::Proxied { src: s, dst: d };
+    let same = s.is_ipv4() == d.is_ipv4();
+
+    let v1 = proxy_header_v1(src, dst);
+    assert!(v1.len() <= PROXY_V1_MAX_LEN, "v1 of {} bytes", v1.len());
+    let v1_want = if same { want } else { ProxyHeader::Unknown };
+    assert_eq!(parse_proxy_header(&v1), Ok(Some((v1_want, v1.len()))));
+    if same {
+        let fam: &[u8] = if s.is_ipv4() {
+            b"PROXY TCP4 "
+        } else {
+            b"PROXY TCP6 "
+        };
+        assert!(v1.starts_with(fam));
+    }
+
+    let v2 = proxy_header_v2(Some((src, dst)));
+    assert_eq!(parse_proxy_header(&v2), Ok(Some((want, v2.len()))));
+    let v4 = matches!((s.ip(), d.ip()), (IpAddr::V4(_), IpAddr::V4(_)));
+    assert_eq!(v2[13], if v4 { 0x11 } else { 0x21 });
+
+    let local = proxy_header_v2(None);
+    assert_eq!(
+        parse_proxy_header(&local),
+        Ok(Some((ProxyHeader::Local, 16)))
     );
 }

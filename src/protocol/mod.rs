@@ -24,7 +24,10 @@ pub(crate) use connect::connect_with_proxy_sig;
 pub use connect::{scan_connect, ClientIdentity, ConnectError, ConnectLine, IDENTITY_MAX_CHARS};
 pub use info::{own_info, parse_info, rewrite_info, Info, InfoError, TlsAdvert};
 pub use object::{go_name_matches, is_secret_key, RawObject};
-pub use proxy_header::{proxy_header_v1, proxy_header_v2, PROXY_V2_SIGNATURE};
+pub use proxy_header::{
+    parse_proxy_header, proxy_header_v1, proxy_header_v2, ProxyHeader, ProxyHeaderError,
+    PROXY_V1_MAX_LEN, PROXY_V2_MAX_ADDR_LEN, PROXY_V2_SIGNATURE,
+};
 pub use server_ops::{ServerStream, Verdict, MAX_SERVER_LINE};
 
 /// Sent when the window closes before a complete CONNECT (nats-server's own text).
