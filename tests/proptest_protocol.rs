@@ -18,8 +18,8 @@
 //! the fuzz targets `server_ops` and `connect_identity`.
 
 use natsgate::protocol::fuzz_logic::{
-    check_connect_identity, check_proxy_header, check_proxy_writers, check_server_stream, follow,
-    go_fold_reference, reference_identity, ADVERTS,
+    check_connect_identity, check_first_op, check_proxy_header, check_proxy_writers,
+    check_server_stream, follow, go_fold_reference, reference_identity, ADVERTS,
 };
 use natsgate::protocol::{parse_info, rewrite_info, scan_connect, ConnectLine, TlsAdvert, Verdict};
 use proptest::prelude::*;
@@ -579,5 +579,57 @@ proptest! {
     #[test]
     fn written_proxy_headers_read_back_unmapped(src in socket_addr(), dst in socket_addr()) {
         check_proxy_writers(src, dst);
+    }
+}
+
+/// Client streams that begin with any op, well-formed or nearly so.
+fn first_op_stream() -> impl Strategy<Value = Vec<u8>> {
+    let part = prop::sample::select(vec![
+        &b"PING"[..],
+        b"pong",
+        b"+OK",
+        b"INFO {}",
+        b"SUB a 1",
+        b"UNSUB 1",
+        b"PUB a 5",
+        b"pub a r 0",
+        b"PUB a 5\r\nhello\r\n",
+        b"pub\ta\tr\t0\r\n\r\n",
+        b"PUB a 2\r\nhi\r\n",
+        b"SUB a 1\r\n",
+        b"PUB a x",
+        b"HPUB a 2 5",
+        b"CONNECT {}",
+        b"connect{\"verbose\":true}",
+        b"MSG a 1 2",
+        b"-ERR 'x'",
+        b"\r\n",
+        b"\n",
+        b"\r",
+        b" ",
+        b"\t",
+        b"hello",
+        b"12345",
+        b"{",
+    ]);
+    prop_oneof![
+        prop::collection::vec(part, 0..12).prop_map(|p| p.concat()),
+        prop::collection::vec(any::<u8>(), 0..64),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 1024, ..ProptestConfig::default() })]
+
+    /// The property is fuzz_logic's, shared with the `connect_scan` fuzz target.
+    #[test]
+    fn any_split_of_a_first_op_stream_gives_the_whole_streams_answer(
+        stream in first_op_stream(),
+        reads in prop::collection::vec(1usize..16, 0..20),
+        max_control_line in 4usize..32,
+        max_payload in 0usize..8,
+    ) {
+        let limits = natsgate::protocol::FirstOpLimits { max_control_line, max_payload };
+        check_first_op(&stream, &reads, limits);
     }
 }

@@ -10,9 +10,9 @@ use serde_json::value::RawValue;
 use std::net::{IpAddr, SocketAddr};
 
 use super::{
-    parse_proxy_header, proxy_header_v1, proxy_header_v2, scan_connect, ClientIdentity,
-    ProxyHeader, ServerStream, TlsAdvert, Verdict, IDENTITY_MAX_CHARS, PROXY_V1_MAX_LEN,
-    PROXY_V2_MAX_ADDR_LEN,
+    parse_proxy_header, proxy_header_v1, proxy_header_v2, scan_connect, scan_first_op,
+    ClientIdentity, ConnectError, FirstOp, FirstOpLimits, ProxyHeader, ServerStream, TlsAdvert,
+    Verdict, IDENTITY_MAX_CHARS, PROXY_V1_MAX_LEN, PROXY_V2_MAX_ADDR_LEN,
 };
 
 /// The TLS adverts a follower may be built with, indexed by a fuzz byte.
@@ -296,4 +296,63 @@ pub fn check_proxy_writers(src: SocketAddr, dst: SocketAddr) {
         parse_proxy_header(&local),
         Ok(Some((ProxyHeader::Local, 16)))
     );
+}
+
+/// `scan_first_op`'s properties (the first op with no auth upstream), for one client stream
+/// split into reads of the given sizes (0 is read as 1):
+/// - the streamed answer equals the whole stream's, and every prefix answers "need more" or
+///   the whole stream's answer (for streams up to 4 KiB);
+/// - a found op lies inside the stream, ends with `\n`, and reads the same from exactly its
+///   own bytes; a CONNECT is what `scan_connect` finds;
+/// - a refusal's client bytes are one `-ERR '...'\r\n` line.
+pub fn check_first_op(stream: &[u8], reads: &[usize], limits: FirstOpLimits) {
+    let whole = scan_first_op(stream, limits);
+    let mut end = 0;
+    let mut sizes = reads.iter().copied();
+    let streamed = loop {
+        end = match sizes.next() {
+            Some(n) => (end + n.max(1)).min(stream.len()),
+            None => stream.len(),
+        };
+        match scan_first_op(&stream[..end], limits) {
+            Ok(None) if end < stream.len() => continue,
+            other => break other,
+        }
+    };
+    assert_eq!(
+        streamed, whole,
+        "split {reads:?} differs from the whole stream"
+    );
+    if stream.len() <= 4096 {
+        for cut in 0..stream.len() {
+            let part = scan_first_op(&stream[..cut], limits);
+            assert!(
+                part == Ok(None) || part == whole,
+                "prefix {cut}: {part:?}, whole: {whole:?}"
+            );
+        }
+    }
+    match &whole {
+        Ok(Some(op)) => {
+            let len = op.len();
+            assert!(len <= stream.len() && stream[len - 1] == b'\n');
+            assert_eq!(scan_first_op(&stream[..len], limits), whole);
+            if let FirstOp::Connect(line) = op {
+                assert_eq!(
+                    scan_connect(stream, limits.max_control_line),
+                    Ok(Some(line.clone()))
+                );
+            }
+        }
+        Ok(None) => {}
+        Err(e) => {
+            let bytes = e.client_error();
+            assert!(bytes.starts_with(b"-ERR '") && bytes.ends_with(b"'\r\n"));
+            assert_eq!(bytes.iter().filter(|&&b| b == b'\n').count(), 1);
+            assert_eq!(bytes.iter().filter(|&&b| b == b'\'').count(), 2);
+            if *e == ConnectError::NotConnect {
+                panic!("scan_first_op never answers Authorization Violation");
+            }
+        }
+    }
 }

@@ -21,7 +21,10 @@ pub mod proxy_header;
 pub mod server_ops;
 
 pub(crate) use connect::connect_with_proxy_sig;
-pub use connect::{scan_connect, ClientIdentity, ConnectError, ConnectLine, IDENTITY_MAX_CHARS};
+pub use connect::{
+    scan_connect, scan_first_op, ClientIdentity, ClientOp, ConnectError, ConnectLine, FirstOp,
+    FirstOpLimits, IDENTITY_MAX_CHARS,
+};
 pub use info::{own_info, parse_info, rewrite_info, Info, InfoError, TlsAdvert};
 pub use object::{go_name_matches, is_secret_key, RawObject};
 pub use proxy_header::{
@@ -36,6 +39,10 @@ pub const ERR_AUTH_TIMEOUT: &[u8] = b"-ERR 'Authentication Timeout'\r\n";
 pub const ERR_AUTH_VIOLATION: &[u8] = b"-ERR 'Authorization Violation'\r\n";
 /// Sent when the CONNECT line exceeds `listener.max_control_line`.
 pub const ERR_MAX_CONTROL_LINE: &[u8] = b"-ERR 'maximum control line exceeded'\r\n";
+/// Sent, with no auth upstream, when the first op is none nats-server knows (nats-server's text).
+pub const ERR_UNKNOWN_PROTOCOL_OP: &[u8] = b"-ERR 'Unknown Protocol Operation'\r\n";
+/// Sent, with no auth upstream, when a first PUB exceeds `max_payload` (nats-server's text).
+pub const ERR_MAX_PAYLOAD: &[u8] = b"-ERR 'Maximum Payload Violation'\r\n";
 /// Sent when a client speaks plaintext where TLS is required.
 pub const ERR_TLS_REQUIRED: &[u8] = b"-ERR 'Secure Connection - TLS Required'\r\n";
 /// Sent when a connection limit is reached at accept.
