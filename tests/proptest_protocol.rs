@@ -176,13 +176,7 @@ proptest! {
         extra in prop::collection::vec(("[a-z_]{1,12}", json_value()), 0..8),
         connect_urls in prop::option::of(prop::collection::vec("[0-9.]{7,15}:[0-9]{4}", 0..4)),
         upstream_tls in any::<bool>(),
-        advert in prop::sample::select(vec![
-            TlsAdvert::None,
-            TlsAdvert::Required { verify: false },
-            TlsAdvert::Required { verify: true },
-            TlsAdvert::Available { verify: false },
-            TlsAdvert::Available { verify: true },
-        ]),
+        advert in prop::sample::select(ADVERTS.to_vec()),
         strip in any::<bool>(),
         sep in prop::sample::select(vec!["INFO ", "INFO\t", "info "]),
         tail in prop::sample::select(vec![" \r\n", "\r\n", "\n", "", "  \r\n"]),
@@ -224,6 +218,7 @@ proptest! {
             TlsAdvert::None => (false, false),
             TlsAdvert::Required { .. } => (true, false),
             TlsAdvert::Available { .. } => (false, true),
+            TlsAdvert::RequiredAndAvailable { .. } => (true, true),
         };
         prop_assert_eq!(flag("tls_required"), req);
         prop_assert_eq!(flag("tls_available"), avail);
@@ -380,6 +375,8 @@ proptest! {
                 prop::sample::select(vec![
                     &b"INFO "[..], b"{\"connect_urls\":[\"a\"]}", b" ", b"\r\n", b"\n", b"MSG a 1 ",
                     b"3", b"HMSG a 1 2 ", b"PING", b"-ERR", b"INFOX", b"info", b"I", b"abc",
+                    b"INFO {\"connect_urls\":[\"a\"],\"x\":1} \r\n", b"HELLO\r\n",
+                    b"MSG a 1 x\r\n", b"MSG a 1 3\r\n", b"INFO{\"Connect_Urls\":[\"b\"]}\n",
                 ]),
                 0..40,
             ).prop_map(|parts| parts.concat()),
@@ -632,4 +629,26 @@ proptest! {
         let limits = natsgate::protocol::FirstOpLimits { max_control_line, max_payload };
         check_first_op(&stream, &reads, limits);
     }
+}
+
+#[test]
+fn the_leak_check_can_fail() {
+    // Guards the reference reader: a client reads this INFO's connect_urls.
+    let leaked = natsgate::protocol::fuzz_logic::leaked_connect_urls(
+        b"abc\r\nMSG a 1 3\r\nINFO{\"CONNECT_URLS\":[\"a\"]}\r\n",
+    );
+    assert!(leaked.is_some());
+    // Inside a payload followed by size, it is the client's data, not an INFO.
+    let payload = b"MSG a 1 31\r\nINFO {\"connect_urls\":[\"a\"]}\r\n\r\n";
+    assert_eq!(
+        natsgate::protocol::fuzz_logic::leaked_connect_urls(payload),
+        None
+    );
+    // And the follower, having lost sync after an unknown op, still strips.
+    check_server_stream(
+        b"abc\r\nINFO {\"connect_urls\":[\"a\"]}\r\n",
+        &[],
+        TlsAdvert::None,
+        true,
+    );
 }

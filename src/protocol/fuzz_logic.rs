@@ -16,12 +16,13 @@ use super::{
 };
 
 /// The TLS adverts a follower may be built with, indexed by a fuzz byte.
-pub const ADVERTS: [TlsAdvert; 5] = [
+pub const ADVERTS: [TlsAdvert; 6] = [
     TlsAdvert::None,
     TlsAdvert::Required { verify: false },
     TlsAdvert::Required { verify: true },
     TlsAdvert::Available { verify: false },
     TlsAdvert::Available { verify: true },
+    TlsAdvert::RequiredAndAvailable { verify: false },
 ];
 
 /// What the client receives when the upstream sends `stream` in reads of the given sizes (0 is
@@ -58,7 +59,10 @@ pub fn follow(
 /// - so does a byte-by-byte split (for streams up to 2 KiB);
 /// - following its own output again changes nothing: every INFO the client got is already
 ///   rewritten, so with `strip` no INFO the follower recognises still carries `connect_urls`;
-/// - a stream that cannot contain an INFO (no `I` or `i` byte) passes byte for byte.
+/// - a stream that cannot contain an INFO (no `I` or `i` byte) passes byte for byte;
+/// - fail closed: with `strip`, no INFO line a client would read carries `connect_urls`, by a
+///   reference reader of the output ([`leaked_connect_urls`]), whatever the follower made of
+///   the stream (unknown ops, bad sizes, long lines included).
 pub fn check_server_stream(stream: &[u8], reads: &[usize], tls: TlsAdvert, strip: bool) {
     let whole = follow(stream, [], tls, strip);
     let split = follow(stream, reads.iter().copied(), tls, strip);
@@ -80,6 +84,79 @@ pub fn check_server_stream(stream: &[u8], reads: &[usize], tls: TlsAdvert, strip
     if !stream.iter().any(|&b| b == b'I' || b == b'i') {
         assert_eq!(whole.0, stream, "a stream without INFO was changed");
     }
+    if strip {
+        if let Some(line) = leaked_connect_urls(&whole.0) {
+            panic!(
+                "connect_urls reached the client in {:?}\nfrom {:?}",
+                line,
+                String::from_utf8_lossy(stream)
+            );
+        }
+    }
+}
+
+/// A reference reader, independent of the follower's streaming code, of what the client
+/// receives: returns an INFO line a client would read that still names `connect_urls` or
+/// `ws_connect_urls` (in any letter case, as Go's decoder matches them). It reads the whole
+/// output as a client parser does while it can follow it: op by op, skipping MSG/HMSG payloads
+/// by their declared size; at the first line it cannot follow it stops trusting sizes and reads
+/// every line start as a possible op. An INFO line is any line that starts with `INFO` (any
+/// case) followed by blanks and a JSON object (nats.go accepts `INFO{` too).
+pub fn leaked_connect_urls(out: &[u8]) -> Option<String> {
+    let mut pos = 0;
+    let mut synced = true;
+    while pos < out.len() {
+        let end = memchr::memchr(b'\n', &out[pos..]).map_or(out.len(), |i| pos + i + 1);
+        let line = &out[pos..end];
+        pos = end;
+        if line.len() >= 4 && line[..4].eq_ignore_ascii_case(b"INFO") {
+            if json_names_urls(line[4..].trim_ascii()) {
+                return Some(String::from_utf8_lossy(line).into_owned());
+            }
+            continue;
+        }
+        if !synced {
+            continue;
+        }
+        let words: Vec<&[u8]> = line
+            .split(|b| b.is_ascii_whitespace())
+            .filter(|w| !w.is_empty())
+            .collect();
+        let num = |w: &&[u8]| -> Option<usize> {
+            if !w.iter().all(u8::is_ascii_digit) {
+                return None;
+            }
+            std::str::from_utf8(w).ok()?.parse().ok()
+        };
+        let op = words.first().map(|w| w.to_ascii_uppercase());
+        let size = match op.as_deref() {
+            Some(b"MSG") if (4..=5).contains(&words.len()) => words.last().and_then(num),
+            Some(b"HMSG") if (5..=6).contains(&words.len()) => {
+                let n = words.len();
+                match (num(&words[n - 2]), num(&words[n - 1])) {
+                    (Some(h), Some(t)) if h <= t => Some(t),
+                    _ => None,
+                }
+            }
+            Some(b"PING" | b"PONG" | b"+OK" | b"-ERR") => continue,
+            _ => None,
+        };
+        match size {
+            Some(n) => pos = pos.saturating_add(n).saturating_add(2).min(out.len()),
+            None => synced = false,
+        }
+    }
+    None
+}
+
+/// Whether an INFO object names either URL list at its top level (any letter case).
+fn json_names_urls(json: &[u8]) -> bool {
+    members(json).is_some_and(|m| {
+        m.iter().any(|(k, _)| {
+            super::go_name_matches(k, "connect_urls")
+                || super::go_name_matches(k, "ws_connect_urls")
+        })
+    })
 }
 
 /// Go's `foldName` (`encoding/json`): each character becomes the smallest member of its

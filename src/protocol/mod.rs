@@ -25,13 +25,20 @@ pub use connect::{
     scan_connect, scan_first_op, ClientIdentity, ClientOp, ConnectError, ConnectLine, FirstOp,
     FirstOpLimits, IDENTITY_MAX_CHARS,
 };
-pub use info::{own_info, parse_info, rewrite_info, Info, InfoError, TlsAdvert};
+pub use info::{
+    apply_rewrite, auth_required, insert_client_ip, ldm_info, max_payload, own_info, parse_info,
+    rewrite_info, rewrite_info_with, set_client_ip, ConnectUrls, Info, InfoError, Rewrite,
+    TlsAdvert, DEFAULT_MAX_PAYLOAD,
+};
 pub use object::{go_name_matches, is_secret_key, RawObject};
 pub use proxy_header::{
     parse_proxy_header, proxy_header_v1, proxy_header_v2, ProxyHeader, ProxyHeaderError,
     PROXY_V1_MAX_LEN, PROXY_V2_MAX_ADDR_LEN, PROXY_V2_SIGNATURE,
 };
-pub use server_ops::{ServerStream, Verdict, MAX_SERVER_LINE};
+pub use server_ops::{
+    ServerStream, Verdict, DROPPED_BAD_INFO, DROPPED_LONG_INFO, LOST_BAD_MSG_SIZE, LOST_LONG_LINE,
+    LOST_UNKNOWN_OP, MAX_SERVER_LINE,
+};
 
 /// Sent when the window closes before a complete CONNECT (nats-server's own text).
 pub const ERR_AUTH_TIMEOUT: &[u8] = b"-ERR 'Authentication Timeout'\r\n";
