@@ -345,7 +345,16 @@ pub fn scan_first_op(buf: &[u8], limits: FirstOpLimits) -> Result<Option<FirstOp
     };
     let max = limits.max_control_line;
     let (op, line) = match framing {
-        Framing::Connect => return Ok(scan_connect(buf, max)?.map(FirstOp::Connect)),
+        Framing::Connect => {
+            return match scan_connect(buf, max) {
+                // `CONNECTX...`: nats-server reads `X...` as the argument, invalid JSON (there
+                // is no Authorization Violation without auth).
+                Err(ConnectError::NotConnect) => {
+                    Err(ConnectError::BadArgument("expected a JSON object".into()))
+                }
+                other => Ok(other?.map(FirstOp::Connect)),
+            };
+        }
         Framing::Refused(why) => return Err(ConnectError::BadOp(why)),
         Framing::Bare(op) => (op, scan_line(buf, op_end, max)?),
         Framing::Glued(op) => match buf.get(op_end) {
@@ -608,6 +617,10 @@ mod tests {
             (b"HPUB", BadOp("message headers before CONNECT")),
             (b"-ERR", BadOp("-ERR from a client")),
             (b"-X", UnknownOp),
+            (
+                b"CONNECT,[12 ]\r\n",
+                BadArgument("expected a JSON object".into()),
+            ),
         ] {
             assert_eq!(
                 first(buf),
