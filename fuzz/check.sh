@@ -39,7 +39,7 @@ for arg in "$@"; do
   esac
 done
 if [ "${#targets[@]}" -eq 0 ]; then
-  targets=(connect_scan connect_identity info_rewrite proxy_header server_ops)
+  targets=(connect_scan connect_identity info_rewrite proxy_header proxy_parse server_ops)
 fi
 FUZZ_SECONDS="${FUZZ_SECONDS:-60}"
 export RUSTC_BOOTSTRAP=1

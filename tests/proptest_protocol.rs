@@ -18,8 +18,8 @@
 //! the fuzz targets `server_ops` and `connect_identity`.
 
 use natsgate::protocol::fuzz_logic::{
-    check_connect_identity, check_server_stream, follow, go_fold_reference, reference_identity,
-    ADVERTS,
+    check_connect_identity, check_first_op, check_proxy_header, check_proxy_writers,
+    check_server_stream, follow, go_fold_reference, reference_identity, ADVERTS,
 };
 use natsgate::protocol::{parse_info, rewrite_info, scan_connect, ConnectLine, TlsAdvert, Verdict};
 use proptest::prelude::*;
@@ -176,13 +176,7 @@ proptest! {
         extra in prop::collection::vec(("[a-z_]{1,12}", json_value()), 0..8),
         connect_urls in prop::option::of(prop::collection::vec("[0-9.]{7,15}:[0-9]{4}", 0..4)),
         upstream_tls in any::<bool>(),
-        advert in prop::sample::select(vec![
-            TlsAdvert::None,
-            TlsAdvert::Required { verify: false },
-            TlsAdvert::Required { verify: true },
-            TlsAdvert::Available { verify: false },
-            TlsAdvert::Available { verify: true },
-        ]),
+        advert in prop::sample::select(ADVERTS.to_vec()),
         strip in any::<bool>(),
         sep in prop::sample::select(vec!["INFO ", "INFO\t", "info "]),
         tail in prop::sample::select(vec![" \r\n", "\r\n", "\n", "", "  \r\n"]),
@@ -224,6 +218,7 @@ proptest! {
             TlsAdvert::None => (false, false),
             TlsAdvert::Required { .. } => (true, false),
             TlsAdvert::Available { .. } => (false, true),
+            TlsAdvert::RequiredAndAvailable { .. } => (true, true),
         };
         prop_assert_eq!(flag("tls_required"), req);
         prop_assert_eq!(flag("tls_available"), avail);
@@ -380,6 +375,8 @@ proptest! {
                 prop::sample::select(vec![
                     &b"INFO "[..], b"{\"connect_urls\":[\"a\"]}", b" ", b"\r\n", b"\n", b"MSG a 1 ",
                     b"3", b"HMSG a 1 2 ", b"PING", b"-ERR", b"INFOX", b"info", b"I", b"abc",
+                    b"INFO {\"connect_urls\":[\"a\"],\"x\":1} \r\n", b"HELLO\r\n",
+                    b"MSG a 1 x\r\n", b"MSG a 1 3\r\n", b"INFO{\"Connect_Urls\":[\"b\"]}\n",
                 ]),
                 0..40,
             ).prop_map(|parts| parts.concat()),
@@ -482,4 +479,176 @@ fn the_split_helper_can_fail() {
     let (got, at) = streamed(b"CONNECT {}\r\n", &[3, 3], 4096);
     assert!(matches!(got, Ok(Some(_))));
     assert_eq!(at, 12);
+}
+
+/// Any socket address, IPv4, IPv6 or IPv4-mapped IPv6 (what a dual-stack socket reports).
+fn socket_addr() -> impl Strategy<Value = std::net::SocketAddr> {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+    (
+        0u8..3,
+        any::<[u8; 16]>(),
+        prop_oneof![Just(0u16), Just(65535u16), any::<u16>()],
+    )
+        .prop_map(|(kind, b, port)| {
+            let v4 = Ipv4Addr::new(b[0], b[1], b[2], b[3]);
+            let ip = match kind {
+                0 => IpAddr::V4(v4),
+                1 => IpAddr::V6(v4.to_ipv6_mapped()),
+                _ => IpAddr::V6(Ipv6Addr::from(b)),
+            };
+            SocketAddr::new(ip, port)
+        })
+}
+
+/// Streams a load balancer (or anyone else) might open a connection with: written headers with
+/// the client's traffic after them, the same with one byte changed, cut short, or followed by
+/// TLVs, the two prefixes followed by arbitrary bytes, and arbitrary bytes.
+fn proxy_stream() -> impl Strategy<Value = Vec<u8>> {
+    use natsgate::protocol::{proxy_header_v1, proxy_header_v2, PROXY_V2_SIGNATURE};
+    let written = || {
+        (socket_addr(), socket_addr(), 0u8..3).prop_map(|(s, d, how)| match how {
+            0 => proxy_header_v1(s, d),
+            1 => proxy_header_v2(Some((s, d))),
+            _ => proxy_header_v2(None),
+        })
+    };
+    let tail = prop::sample::select(vec![
+        &b""[..],
+        b"CONNECT {}\r\n",
+        b"\x16\x03\x01\x00",
+        b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\n",
+    ]);
+    prop_oneof![
+        (written(), tail).prop_map(|(h, t)| [&h[..], t].concat()),
+        (written(), any::<prop::sample::Index>(), any::<u8>()).prop_map(|(mut h, i, b)| {
+            let at = i.index(h.len());
+            h[at] = b;
+            h
+        }),
+        (written(), any::<prop::sample::Index>()).prop_map(|(h, i)| h[..i.index(h.len())].to_vec()),
+        // v2 with TLVs (or garbage) after the addresses, the length field covering them.
+        (
+            socket_addr(),
+            socket_addr(),
+            prop::collection::vec(any::<u8>(), 0..64)
+        )
+            .prop_map(|(s, d, tlv)| {
+                let mut h = proxy_header_v2(Some((s, d)));
+                h.extend_from_slice(&tlv);
+                let len = (h.len() - 16) as u16;
+                h[14..16].copy_from_slice(&len.to_be_bytes());
+                h
+            }),
+        (
+            prop::sample::select(vec![
+                &b"PROXY "[..],
+                b"PROXY TCP4 ",
+                b"PROXY TCP6 ",
+                b"PROXY UNKNOWN",
+                &PROXY_V2_SIGNATURE[..],
+            ]),
+            prop::collection::vec(
+                prop_oneof![
+                    any::<u8>(),
+                    prop::sample::select(b"0123456789.: \r\nabcdefABCDEF".to_vec())
+                ],
+                0..120
+            ),
+        )
+            .prop_map(|(p, rest)| [p, &rest[..]].concat()),
+        prop::collection::vec(any::<u8>(), 0..64),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 1024, ..ProptestConfig::default() })]
+
+    /// The property is fuzz_logic's, shared with the `proxy_parse` fuzz target.
+    #[test]
+    fn any_split_of_a_proxy_header_stream_gives_the_whole_streams_answer(
+        stream in proxy_stream(),
+        reads in prop::collection::vec(1usize..16, 0..20),
+    ) {
+        check_proxy_header(&stream, &reads);
+    }
+
+    /// The property is fuzz_logic's, shared with the `proxy_header` fuzz target.
+    #[test]
+    fn written_proxy_headers_read_back_unmapped(src in socket_addr(), dst in socket_addr()) {
+        check_proxy_writers(src, dst);
+    }
+}
+
+/// Client streams that begin with any op, well-formed or nearly so.
+fn first_op_stream() -> impl Strategy<Value = Vec<u8>> {
+    let part = prop::sample::select(vec![
+        &b"PING"[..],
+        b"pong",
+        b"+OK",
+        b"INFO {}",
+        b"SUB a 1",
+        b"UNSUB 1",
+        b"PUB a 5",
+        b"pub a r 0",
+        b"PUB a 5\r\nhello\r\n",
+        b"pub\ta\tr\t0\r\n\r\n",
+        b"PUB a 2\r\nhi\r\n",
+        b"SUB a 1\r\n",
+        b"PUB a x",
+        b"HPUB a 2 5",
+        b"CONNECT {}",
+        b"connect{\"verbose\":true}",
+        b"MSG a 1 2",
+        b"-ERR 'x'",
+        b"\r\n",
+        b"\n",
+        b"\r",
+        b" ",
+        b"\t",
+        b"hello",
+        b"12345",
+        b"{",
+    ]);
+    prop_oneof![
+        prop::collection::vec(part, 0..12).prop_map(|p| p.concat()),
+        prop::collection::vec(any::<u8>(), 0..64),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 1024, ..ProptestConfig::default() })]
+
+    /// The property is fuzz_logic's, shared with the `connect_scan` fuzz target.
+    #[test]
+    fn any_split_of_a_first_op_stream_gives_the_whole_streams_answer(
+        stream in first_op_stream(),
+        reads in prop::collection::vec(1usize..16, 0..20),
+        max_control_line in 4usize..32,
+        max_payload in 0usize..8,
+    ) {
+        let limits = natsgate::protocol::FirstOpLimits { max_control_line, max_payload };
+        check_first_op(&stream, &reads, limits);
+    }
+}
+
+#[test]
+fn the_leak_check_can_fail() {
+    // Guards the reference reader: a client reads this INFO's connect_urls.
+    let leaked = natsgate::protocol::fuzz_logic::leaked_connect_urls(
+        b"abc\r\nMSG a 1 3\r\nINFO{\"CONNECT_URLS\":[\"a\"]}\r\n",
+    );
+    assert!(leaked.is_some());
+    // Inside a payload followed by size, it is the client's data, not an INFO.
+    let payload = b"MSG a 1 31\r\nINFO {\"connect_urls\":[\"a\"]}\r\n\r\n";
+    assert_eq!(
+        natsgate::protocol::fuzz_logic::leaked_connect_urls(payload),
+        None
+    );
+    // And the follower, having lost sync after an unknown op, still strips.
+    check_server_stream(
+        b"abc\r\nINFO {\"connect_urls\":[\"a\"]}\r\n",
+        &[],
+        TlsAdvert::None,
+        true,
+    );
 }

@@ -8,11 +8,14 @@
 //! - the streamed answer equals the whole-buffer answer (`Ok(None)` from every prefix and the
 //!   final one from the whole buffer, or the same error/line earlier);
 //! - a found line lies inside the buffer, ends in `\n`, and its argument is inside the line;
-//! - a refusal's client bytes are one `-ERR '...'\r\n` line.
+//! - a refusal's client bytes are one `-ERR '...'\r\n` line;
+//! - the same stream through `scan_first_op` (no auth upstream; `max_payload` from byte 1):
+//!   `natsgate::protocol::fuzz_logic::check_first_op`, shared with tests/proptest_protocol.rs.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use natsgate::protocol::{scan_connect, ConnectError};
+use natsgate::protocol::fuzz_logic::check_first_op;
+use natsgate::protocol::{scan_connect, ConnectError, FirstOpLimits};
 
 fuzz_target!(|data: &[u8]| {
     if data.len() < 2 {
@@ -59,17 +62,19 @@ fuzz_target!(|data: &[u8]| {
             let arg = &stream[line.arg.clone()];
             let first = arg.iter().find(|b| !matches!(b, b' ' | b'\t' | b'\r'));
             assert_eq!(first, Some(&b'{'), "the argument is an object");
+            // The argument, and the blanks before it, each at most max_control_line.
             assert!(
-                line.line_len <= max + 2,
+                line.line_len <= "CONNECT".len() + 2 * max + 2,
                 "a line over max_control_line was accepted"
             );
+            assert!(line.arg.len() <= max);
             // Re-scanning just the line gives the same answer (pipelined bytes do not matter).
             let again = scan_connect(&stream[..line.line_len], max);
             assert_eq!(again.ok().flatten().map(|l| l.fields), Some(line.fields));
         }
         Ok(None) => {
             assert!(!stream.contains(&b'\n'));
-            assert!(stream.len() <= max + 1);
+            assert!(stream.len() <= "CONNECT".len() + 2 * max + 1);
         }
         Err(e) => {
             let bytes = e.client_error();
@@ -82,4 +87,10 @@ fuzz_target!(|data: &[u8]| {
             }
         }
     }
+    let limits = FirstOpLimits {
+        max_control_line: max,
+        max_payload: usize::from(data[1]),
+    };
+    let reads: Vec<usize> = splits.iter().map(|&b| usize::from(b)).collect();
+    check_first_op(stream, &reads, limits);
 });

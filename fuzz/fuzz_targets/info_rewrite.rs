@@ -6,7 +6,10 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use natsgate::protocol::{parse_info, rewrite_info, Info, TlsAdvert};
+use natsgate::protocol::{
+    go_name_matches, ldm_info, parse_info, rewrite_info, rewrite_info_with, ConnectUrls, Info,
+    Rewrite, TlsAdvert,
+};
 
 const CHANGED: [&str; 5] = [
     "tls_required",
@@ -32,6 +35,7 @@ fuzz_target!(|data: &[u8]| {
         TlsAdvert::Required { verify: true },
         TlsAdvert::Available { verify: false },
         TlsAdvert::Available { verify: true },
+        TlsAdvert::RequiredAndAvailable { verify: false },
     ]
     .into_iter()
     .enumerate()
@@ -44,7 +48,8 @@ fuzz_target!(|data: &[u8]| {
         let again = parse_info(&out).expect("rewritten INFO parses");
         assert_eq!(raw(&again, "nonce"), raw(&info, "nonce"), "nonce changed");
         for k in fields.keys() {
-            if CHANGED.contains(&k.as_str()) {
+            // connect_urls are stripped in any letter case (a Go client reads them so).
+            if CHANGED.iter().any(|c| c == k || (c.contains("connect_urls") && go_name_matches(k, c))) {
                 continue;
             }
             assert_eq!(raw(&again, k), raw(&info, k), "field {k} changed");
@@ -60,6 +65,10 @@ fuzz_target!(|data: &[u8]| {
                 assert!(!flag("tls_required") && flag("tls_available"));
                 assert_eq!(flag("tls_verify"), verify);
             }
+            TlsAdvert::RequiredAndAvailable { verify } => {
+                assert!(flag("tls_required") && flag("tls_available"));
+                assert_eq!(flag("tls_verify"), verify);
+            }
         }
         if strip {
             assert!(again.raw("connect_urls").is_none());
@@ -70,4 +79,24 @@ fuzz_target!(|data: &[u8]| {
         // Rewriting is idempotent: the client-facing INFO, rewritten again, is the same line.
         assert_eq!(rewrite_info(again, advert, strip), out);
     }
+    // listener.advertise: exactly the list, in the first INFO and the lame duck one (no nonce).
+    let rewrite = Rewrite {
+        tls: TlsAdvert::None,
+        connect_urls: ConnectUrls::Advertise(vec!["edge-a:4222".to_string()].into()),
+        client_ip: Some([203, 0, 113, 7].into()),
+    };
+    for out in [rewrite_info_with(info.clone(), &rewrite), ldm_info(&info, &rewrite)] {
+        let again = parse_info(&out).expect("rewritten INFO parses");
+        assert_eq!(raw(&again, "connect_urls").as_deref(), Some(r#"["edge-a:4222"]"#));
+        assert_eq!(again.str_field("client_ip").as_deref(), Some("203.0.113.7"));
+        let urls = again
+            .to_map()
+            .keys()
+            .filter(|k| go_name_matches(k, "connect_urls") || go_name_matches(k, "ws_connect_urls"))
+            .count();
+        assert_eq!(urls, 1, "only the advertised list");
+    }
+    let ldm = parse_info(&ldm_info(&info, &rewrite)).expect("parses");
+    assert_eq!(ldm.bool_field("ldm"), Some(true));
+    assert!(ldm.raw("nonce").is_none());
 });

@@ -2,9 +2,10 @@
 //! upstream, forwarding what it returns.
 //!
 //! Input layout: byte 0 picks the follower's settings (bit 0: `strip_connect_urls`, the rest
-//! modulo 5: the TLS advert); bytes 1.. are read sizes (0 is read as 1) up to the first 0xFF;
+//! modulo 6: the TLS advert); bytes 1.. are read sizes (0 is read as 1) up to the first 0xFF;
 //! the rest is the upstream's byte stream. The properties (any split gives the whole stream's
-//! output and verdict; the output is a fixed point, so no stripped `connect_urls` survive;
+//! output and verdict; the output is a fixed point; fail closed: with strip, no INFO line a
+//! client would read carries `connect_urls`, even after the follower lost sync;
 //! a stream with no `I` passes byte for byte) are `natsgate::protocol::fuzz_logic`'s, shared
 //! with tests/proptest_protocol.rs.
 #![no_main]

@@ -7,15 +7,22 @@ use std::collections::BTreeMap;
 
 use serde_json::value::RawValue;
 
-use super::{scan_connect, ClientIdentity, ServerStream, TlsAdvert, Verdict, IDENTITY_MAX_CHARS};
+use std::net::{IpAddr, SocketAddr};
+
+use super::{
+    parse_proxy_header, proxy_header_v1, proxy_header_v2, scan_connect, scan_first_op,
+    ClientIdentity, ConnectError, FirstOp, FirstOpLimits, ProxyHeader, ServerStream, TlsAdvert,
+    Verdict, IDENTITY_MAX_CHARS, PROXY_V1_MAX_LEN, PROXY_V2_MAX_ADDR_LEN,
+};
 
 /// The TLS adverts a follower may be built with, indexed by a fuzz byte.
-pub const ADVERTS: [TlsAdvert; 5] = [
+pub const ADVERTS: [TlsAdvert; 6] = [
     TlsAdvert::None,
     TlsAdvert::Required { verify: false },
     TlsAdvert::Required { verify: true },
     TlsAdvert::Available { verify: false },
     TlsAdvert::Available { verify: true },
+    TlsAdvert::RequiredAndAvailable { verify: false },
 ];
 
 /// What the client receives when the upstream sends `stream` in reads of the given sizes (0 is
@@ -52,7 +59,10 @@ pub fn follow(
 /// - so does a byte-by-byte split (for streams up to 2 KiB);
 /// - following its own output again changes nothing: every INFO the client got is already
 ///   rewritten, so with `strip` no INFO the follower recognises still carries `connect_urls`;
-/// - a stream that cannot contain an INFO (no `I` or `i` byte) passes byte for byte.
+/// - a stream that cannot contain an INFO (no `I` or `i` byte) passes byte for byte;
+/// - fail closed: with `strip`, no INFO line a client would read carries `connect_urls`, by a
+///   reference reader of the output ([`leaked_connect_urls`]), whatever the follower made of
+///   the stream (unknown ops, bad sizes, long lines included).
 pub fn check_server_stream(stream: &[u8], reads: &[usize], tls: TlsAdvert, strip: bool) {
     let whole = follow(stream, [], tls, strip);
     let split = follow(stream, reads.iter().copied(), tls, strip);
@@ -74,6 +84,79 @@ pub fn check_server_stream(stream: &[u8], reads: &[usize], tls: TlsAdvert, strip
     if !stream.iter().any(|&b| b == b'I' || b == b'i') {
         assert_eq!(whole.0, stream, "a stream without INFO was changed");
     }
+    if strip {
+        if let Some(line) = leaked_connect_urls(&whole.0) {
+            panic!(
+                "connect_urls reached the client in {:?}\nfrom {:?}",
+                line,
+                String::from_utf8_lossy(stream)
+            );
+        }
+    }
+}
+
+/// A reference reader, independent of the follower's streaming code, of what the client
+/// receives: returns an INFO line a client would read that still names `connect_urls` or
+/// `ws_connect_urls` (in any letter case, as Go's decoder matches them). It reads the whole
+/// output as a client parser does while it can follow it: op by op, skipping MSG/HMSG payloads
+/// by their declared size; at the first line it cannot follow it stops trusting sizes and reads
+/// every line start as a possible op. An INFO line is any line that starts with `INFO` (any
+/// case) followed by blanks and a JSON object (nats.go accepts `INFO{` too).
+pub fn leaked_connect_urls(out: &[u8]) -> Option<String> {
+    let mut pos = 0;
+    let mut synced = true;
+    while pos < out.len() {
+        let end = memchr::memchr(b'\n', &out[pos..]).map_or(out.len(), |i| pos + i + 1);
+        let line = &out[pos..end];
+        pos = end;
+        if line.len() >= 4 && line[..4].eq_ignore_ascii_case(b"INFO") {
+            if json_names_urls(line[4..].trim_ascii()) {
+                return Some(String::from_utf8_lossy(line).into_owned());
+            }
+            continue;
+        }
+        if !synced {
+            continue;
+        }
+        let words: Vec<&[u8]> = line
+            .split(|b| b.is_ascii_whitespace())
+            .filter(|w| !w.is_empty())
+            .collect();
+        let num = |w: &&[u8]| -> Option<usize> {
+            if !w.iter().all(u8::is_ascii_digit) {
+                return None;
+            }
+            std::str::from_utf8(w).ok()?.parse().ok()
+        };
+        let op = words.first().map(|w| w.to_ascii_uppercase());
+        let size = match op.as_deref() {
+            Some(b"MSG") if (4..=5).contains(&words.len()) => words.last().and_then(num),
+            Some(b"HMSG") if (5..=6).contains(&words.len()) => {
+                let n = words.len();
+                match (num(&words[n - 2]), num(&words[n - 1])) {
+                    (Some(h), Some(t)) if h <= t => Some(t),
+                    _ => None,
+                }
+            }
+            Some(b"PING" | b"PONG" | b"+OK" | b"-ERR") => continue,
+            _ => None,
+        };
+        match size {
+            Some(n) => pos = pos.saturating_add(n).saturating_add(2).min(out.len()),
+            None => synced = false,
+        }
+    }
+    None
+}
+
+/// Whether an INFO object names either URL list at its top level (any letter case).
+fn json_names_urls(json: &[u8]) -> bool {
+    members(json).is_some_and(|m| {
+        m.iter().any(|(k, _)| {
+            super::go_name_matches(k, "connect_urls")
+                || super::go_name_matches(k, "ws_connect_urls")
+        })
+    })
 }
 
 /// Go's `foldName` (`encoding/json`): each character becomes the smallest member of its
@@ -199,4 +282,154 @@ pub fn check_connect_identity(stream: &[u8], max_control_line: usize) {
         format!("{:?}", other.fields),
         "a secret's value shows in Debug"
     );
+}
+
+/// The inbound PROXY header parser's properties, for one client stream split into reads of the
+/// given sizes (0 is read as 1):
+/// - no panic;
+/// - the streamed answer (call the parser on the bytes so far after every read, act on the
+///   first answer that is not "need more") equals the whole stream's answer;
+/// - every prefix answers "need more" or the whole stream's answer (for streams up to 4 KiB);
+/// - a header lies inside the stream, no longer than the specification allows, and reads the
+///   same from exactly its own bytes;
+/// - the addresses of a header are written back by `proxy_header_v1`/`v2` into a header that
+///   reads as the same addresses (v1: unless the families differ, when it is `UNKNOWN`).
+pub fn check_proxy_header(stream: &[u8], reads: &[usize]) {
+    let whole = parse_proxy_header(stream);
+    let mut end = 0;
+    let mut sizes = reads.iter().copied();
+    let streamed = loop {
+        end = match sizes.next() {
+            Some(n) => (end + n.max(1)).min(stream.len()),
+            None => stream.len(),
+        };
+        match parse_proxy_header(&stream[..end]) {
+            Ok(None) if end < stream.len() => continue,
+            other => break other,
+        }
+    };
+    assert_eq!(
+        streamed, whole,
+        "split {reads:?} differs from the whole stream"
+    );
+    if stream.len() <= 4096 {
+        for cut in 0..stream.len() {
+            let part = parse_proxy_header(&stream[..cut]);
+            assert!(
+                part == Ok(None) || part == whole,
+                "prefix {cut}: {part:?}, whole: {whole:?}"
+            );
+        }
+    }
+    let Ok(Some((header, len))) = whole else {
+        return;
+    };
+    assert!(len <= stream.len());
+    let limit = if stream[0] == b'P' {
+        PROXY_V1_MAX_LEN
+    } else {
+        16 + PROXY_V2_MAX_ADDR_LEN
+    };
+    assert!(len <= limit, "header of {len} bytes");
+    assert_eq!(parse_proxy_header(&stream[..len]), Ok(Some((header, len))));
+    if let ProxyHeader::Proxied { src, dst } = header {
+        for ip in [src.ip(), dst.ip()] {
+            assert_eq!(ip, ip.to_canonical(), "a mapped address is reported");
+        }
+        check_proxy_writers(src, dst);
+    }
+}
+
+/// The PROXY header writers' properties, for any address pair: never a panic; v1 is one line of
+/// at most 107 bytes; both read back (by [`parse_proxy_header`]) as the unmapped addresses, or
+/// v1 as `UNKNOWN` when the unmapped families differ; an IPv4 client (mapped or not) is always
+/// written as `TCP4` / `AF_INET` when the other side is IPv4 too.
+pub fn check_proxy_writers(src: SocketAddr, dst: SocketAddr) {
+    let un = |a: SocketAddr| SocketAddr::new(a.ip().to_canonical(), a.port());
+    let (s, d) = (un(src), un(dst));
+    let want = ProxyHeader::Proxied { src: s, dst: d };
+    let same = s.is_ipv4() == d.is_ipv4();
+
+    let v1 = proxy_header_v1(src, dst);
+    assert!(v1.len() <= PROXY_V1_MAX_LEN, "v1 of {} bytes", v1.len());
+    let v1_want = if same { want } else { ProxyHeader::Unknown };
+    assert_eq!(parse_proxy_header(&v1), Ok(Some((v1_want, v1.len()))));
+    if same {
+        let fam: &[u8] = if s.is_ipv4() {
+            b"PROXY TCP4 "
+        } else {
+            b"PROXY TCP6 "
+        };
+        assert!(v1.starts_with(fam));
+    }
+
+    let v2 = proxy_header_v2(Some((src, dst)));
+    assert_eq!(parse_proxy_header(&v2), Ok(Some((want, v2.len()))));
+    let v4 = matches!((s.ip(), d.ip()), (IpAddr::V4(_), IpAddr::V4(_)));
+    assert_eq!(v2[13], if v4 { 0x11 } else { 0x21 });
+
+    let local = proxy_header_v2(None);
+    assert_eq!(
+        parse_proxy_header(&local),
+        Ok(Some((ProxyHeader::Local, 16)))
+    );
+}
+
+/// `scan_first_op`'s properties (the first op with no auth upstream), for one client stream
+/// split into reads of the given sizes (0 is read as 1):
+/// - the streamed answer equals the whole stream's, and every prefix answers "need more" or
+///   the whole stream's answer (for streams up to 4 KiB);
+/// - a found op lies inside the stream, ends with `\n`, and reads the same from exactly its
+///   own bytes; a CONNECT is what `scan_connect` finds;
+/// - a refusal's client bytes are one `-ERR '...'\r\n` line.
+pub fn check_first_op(stream: &[u8], reads: &[usize], limits: FirstOpLimits) {
+    let whole = scan_first_op(stream, limits);
+    let mut end = 0;
+    let mut sizes = reads.iter().copied();
+    let streamed = loop {
+        end = match sizes.next() {
+            Some(n) => (end + n.max(1)).min(stream.len()),
+            None => stream.len(),
+        };
+        match scan_first_op(&stream[..end], limits) {
+            Ok(None) if end < stream.len() => continue,
+            other => break other,
+        }
+    };
+    assert_eq!(
+        streamed, whole,
+        "split {reads:?} differs from the whole stream"
+    );
+    if stream.len() <= 4096 {
+        for cut in 0..stream.len() {
+            let part = scan_first_op(&stream[..cut], limits);
+            assert!(
+                part == Ok(None) || part == whole,
+                "prefix {cut}: {part:?}, whole: {whole:?}"
+            );
+        }
+    }
+    match &whole {
+        Ok(Some(op)) => {
+            let len = op.len();
+            assert!(len <= stream.len() && stream[len - 1] == b'\n');
+            assert_eq!(scan_first_op(&stream[..len], limits), whole);
+            if let FirstOp::Connect(line) = op {
+                assert_eq!(
+                    scan_connect(stream, limits.max_control_line),
+                    Ok(Some(line.clone()))
+                );
+            }
+        }
+        Ok(None) => {}
+        Err(e) => {
+            let bytes = e.client_error();
+            assert!(bytes.starts_with(b"-ERR '") && bytes.ends_with(b"'\r\n"));
+            assert_eq!(bytes.iter().filter(|&&b| b == b'\n').count(), 1);
+            assert_eq!(bytes.iter().filter(|&&b| b == b'\'').count(), 2);
+            if *e == ConnectError::NotConnect {
+                panic!("scan_first_op never answers Authorization Violation");
+            }
+        }
+    }
 }

@@ -21,11 +21,24 @@ pub mod proxy_header;
 pub mod server_ops;
 
 pub(crate) use connect::connect_with_proxy_sig;
-pub use connect::{scan_connect, ClientIdentity, ConnectError, ConnectLine, IDENTITY_MAX_CHARS};
-pub use info::{own_info, parse_info, rewrite_info, Info, InfoError, TlsAdvert};
+pub use connect::{
+    scan_connect, scan_first_op, ClientIdentity, ClientOp, ConnectError, ConnectLine, FirstOp,
+    FirstOpLimits, IDENTITY_MAX_CHARS,
+};
+pub use info::{
+    apply_rewrite, auth_required, insert_client_ip, ldm_info, max_payload, own_info, parse_info,
+    rewrite_info, rewrite_info_with, set_client_ip, ConnectUrls, Info, InfoError, Rewrite,
+    TlsAdvert, DEFAULT_MAX_PAYLOAD,
+};
 pub use object::{go_name_matches, is_secret_key, RawObject};
-pub use proxy_header::{proxy_header_v1, proxy_header_v2, PROXY_V2_SIGNATURE};
-pub use server_ops::{ServerStream, Verdict, MAX_SERVER_LINE};
+pub use proxy_header::{
+    parse_proxy_header, proxy_header_v1, proxy_header_v2, ProxyHeader, ProxyHeaderError,
+    PROXY_V1_MAX_LEN, PROXY_V2_MAX_ADDR_LEN, PROXY_V2_SIGNATURE,
+};
+pub use server_ops::{
+    ServerStream, Verdict, DROPPED_BAD_INFO, DROPPED_LONG_INFO, LOST_BAD_MSG_SIZE, LOST_LONG_LINE,
+    LOST_UNKNOWN_OP, MAX_SERVER_LINE,
+};
 
 /// Sent when the window closes before a complete CONNECT (nats-server's own text).
 pub const ERR_AUTH_TIMEOUT: &[u8] = b"-ERR 'Authentication Timeout'\r\n";
@@ -33,6 +46,10 @@ pub const ERR_AUTH_TIMEOUT: &[u8] = b"-ERR 'Authentication Timeout'\r\n";
 pub const ERR_AUTH_VIOLATION: &[u8] = b"-ERR 'Authorization Violation'\r\n";
 /// Sent when the CONNECT line exceeds `listener.max_control_line`.
 pub const ERR_MAX_CONTROL_LINE: &[u8] = b"-ERR 'maximum control line exceeded'\r\n";
+/// Sent, with no auth upstream, when the first op is none nats-server knows (nats-server's text).
+pub const ERR_UNKNOWN_PROTOCOL_OP: &[u8] = b"-ERR 'Unknown Protocol Operation'\r\n";
+/// Sent, with no auth upstream, when a first PUB exceeds `max_payload` (nats-server's text).
+pub const ERR_MAX_PAYLOAD: &[u8] = b"-ERR 'Maximum Payload Violation'\r\n";
 /// Sent when a client speaks plaintext where TLS is required.
 pub const ERR_TLS_REQUIRED: &[u8] = b"-ERR 'Secure Connection - TLS Required'\r\n";
 /// Sent when a connection limit is reached at accept.

@@ -158,6 +158,30 @@ impl RawObject {
         self.fields.retain(|(k, _)| k != key);
     }
 
+    /// Removes every field that fills the Go struct field `name` ([`go_name_matches`]: any
+    /// letter case, duplicates included), so no client decoder reads it; returns where the
+    /// first one was.
+    pub(crate) fn remove_go(&mut self, name: &str) -> Option<usize> {
+        let first = self
+            .fields
+            .iter()
+            .position(|(k, _)| go_name_matches(k, name));
+        self.fields.retain(|(k, _)| !go_name_matches(k, name));
+        first
+    }
+
+    /// Sets `key` to a JSON value at position `at` (or last), after [`RawObject::remove_go`].
+    pub(crate) fn insert_at(&mut self, at: Option<usize>, key: &str, value: &Value) {
+        let Ok(text) = serde_json::to_string(value) else {
+            return;
+        };
+        let Ok(value) = RawValue::from_string(text) else {
+            return;
+        };
+        let at = at.unwrap_or(self.fields.len()).min(self.fields.len());
+        self.fields.insert(at, (key.to_string(), value));
+    }
+
     /// `INFO {json} \r\n`, with the space before CRLF that nats-server writes.
     pub(crate) fn to_info_line(&self) -> Vec<u8> {
         let size: usize = self
