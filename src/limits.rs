@@ -64,12 +64,23 @@ impl Limits {
             .pending_per_ip
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = per_ip.get_mut(&ip) {
-            *n -= 1;
-            if *n == 0 {
-                per_ip.remove(&ip);
-            }
+        forget_one(&mut per_ip, ip);
+    }
+
+    /// Moves one pending connection's per-address count from `from` to `to`, unless `to` is
+    /// already at its cap (then nothing changes and `false` is returned).
+    fn move_pending(&self, from: IpAddr, to: IpAddr, cfg: &ListenerConfig) -> bool {
+        let mut per_ip = self
+            .pending_per_ip
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let count = per_ip.get(&to).copied().unwrap_or(0);
+        if count >= cfg.pending_per_ip_cap() {
+            return false;
         }
+        per_ip.insert(to, count + 1);
+        forget_one(&mut per_ip, from);
+        true
     }
 
     /// Connections open now (pending and established).
@@ -95,6 +106,19 @@ impl Admission {
         self.id
     }
 
+    /// The connection turned out to come from `ip` (an inbound PROXY header): its per-address
+    /// count moves there. `false` if `ip` is already at its cap: refuse it as a limit.
+    pub(crate) fn rehome(&mut self, ip: IpAddr, cfg: &ListenerConfig) -> bool {
+        if ip == self.ip || self.phase != Phase::Pending {
+            return true;
+        }
+        let moved = self.limits.move_pending(self.ip, ip, cfg);
+        if moved {
+            self.ip = ip;
+        }
+        moved
+    }
+
     /// The CONNECT went through: leave the pending counts.
     pub(crate) fn established(&mut self) {
         if self.phase == Phase::Pending {
@@ -113,5 +137,14 @@ impl Drop for Admission {
         }
         self.metrics.active(self.phase).decrement(1.0);
         self.limits.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn forget_one(per_ip: &mut HashMap<IpAddr, usize>, ip: IpAddr) {
+    if let Some(n) = per_ip.get_mut(&ip) {
+        *n -= 1;
+        if *n == 0 {
+            per_ip.remove(&ip);
+        }
     }
 }

@@ -369,18 +369,20 @@ fn connect_of_length(len: usize) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn connect_line_one_byte_over_max_control_line() {
-    // max_control_line = 256: 257 bytes before `\r\n` is refused.
-    let line = connect_of_length(257);
-    assert_eq!(line.len(), 259);
+async fn connect_argument_one_byte_over_max_control_line() {
+    // max_control_line = 256 limits the argument, as nats-server does: `CONNECT ` plus 257
+    // argument bytes before `\r\n` is refused.
+    let line = connect_of_length(257 + 8);
+    assert_eq!(line.len(), 257 + 8 + 2);
     let config = |c: ProxyConfig| c.set("listener.max_control_line", 256);
     refused(config, line, ERR_MAX_CONTROL_LINE).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn connect_line_exactly_at_max_control_line_is_accepted() {
-    // The boundary's other side: 256 bytes before `\r\n` is fine (nats-server's rule).
-    let line = connect_of_length(256);
+async fn connect_argument_exactly_at_max_control_line_is_accepted() {
+    // The boundary's other side: a 256-byte argument is fine (nats-server's rule), so the whole
+    // line may be longer than max_control_line.
+    let line = connect_of_length(256 + 8);
     let config = |c: ProxyConfig| c.set("listener.max_control_line", 256);
     accepted(config, &[line.as_bytes()], Duration::ZERO).await;
 }

@@ -41,13 +41,24 @@ pub(crate) async fn serve(
     let _ = tcp.set_nodelay(true);
     let id = admission.id();
     let mut pending = Pending::new(&shared, &config, &shared.upstreams, tcp, (peer, local), id);
+    let phases = async {
+        // Behind a load balancer the client's own address comes first: from then on it is the
+        // client's address everywhere, the per-address limit included.
+        if let Some(ip) = pending.proxy_header().await? {
+            if !admission.rehome(ip, &config.listener) {
+                let strip = config.upstream.strip_connect_urls;
+                return Err(Refusal::Limit(shared.limit_refusal(ip, strip)));
+            }
+        }
+        pending.establish().await
+    };
     let result = tokio::select! {
-        r = pending.establish() => r,
+        r = phases => r,
         _ = shared.stop_pending.cancelled() => Err(Refusal::Shutdown),
     };
     let log = CloseLog {
         id: admission.id(),
-        peer,
+        peer: pending.client_addr(),
         accepted,
     };
     match result {
@@ -62,8 +73,7 @@ pub(crate) async fn serve(
                 .connect_wait
                 .record(accepted.elapsed().as_secs_f64());
             admission.established();
-            let strip = config.upstream.strip_connect_urls;
-            relay_to_end(&shared, client, established, info_sent, strip, &log).await;
+            relay_to_end(&shared, client, established, info_sent, &log).await;
         }
     }
 }
@@ -107,10 +117,9 @@ async fn relay_to_end(
     client: Stream,
     established: Established<Stream>,
     info_sent: usize,
-    strip: bool,
     log: &CloseLog,
 ) {
-    let server = protocol::ServerStream::new(established.advert, strip);
+    let server = protocol::ServerStream::with_rewrite(established.rewrite);
     // Boxed: the relay state exists only once the connection is established, so the task of a
     // pending connection does not carry it.
     let mut outcome = Box::pin(relay::relay(

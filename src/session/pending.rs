@@ -3,7 +3,7 @@
 //! refusal can always be answered on the socket it concerns.
 
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant as StdInstant;
 
@@ -13,10 +13,16 @@ use tokio::time::{timeout, timeout_at, Instant};
 
 use super::refusal::{Refusal, Step};
 use crate::config::{Config, DialMode, HandshakeFirst};
-use crate::protocol::{self, ClientIdentity, ConnectLine, Info, TlsAdvert};
+use crate::protocol::{
+    self, ClientIdentity, ConnectUrls, FirstOp, FirstOpLimits, Info, Rewrite, TlsAdvert,
+};
 use crate::shared::{ClientTls, Shared};
 use crate::stream::{PeekByte, Stream};
 use crate::upstream::{Dial, UpstreamConn};
+
+/// With `[listener.proxy_protocol] required = false`, how long a trusted source's first byte
+/// is awaited to tell a PROXY header from a client that waits for INFO.
+const PROXY_OPTIONAL_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// A TLS ClientHello starts with a handshake record: content type 22.
 const TLS_HANDSHAKE_RECORD: u8 = 0x16;
@@ -29,8 +35,8 @@ pub(crate) struct Established<U> {
     pub(crate) identity: ClientIdentity,
     /// Bytes already forwarded upstream (CONNECT and pipeline).
     pub(crate) forwarded: usize,
-    /// What later INFO lines tell the client about TLS (they get the same rewrite).
-    pub(crate) advert: TlsAdvert,
+    /// How INFO lines are rewritten for this client; later INFOs get the same rewrite.
+    pub(crate) rewrite: Rewrite,
 }
 
 /// A client inside its authorization window.
@@ -51,6 +57,12 @@ pub(crate) struct Pending<'a, S, D> {
     deadline: Instant,
     /// INFO bytes written to the client, for the close line of a refused connection too.
     info_sent: usize,
+    /// The TLS handshake came before INFO (nats-server then says `tls_required`).
+    tls_first: bool,
+    /// What the INFO the client got says: whether CONNECT must come first, and the largest
+    /// payload (the first op's limit when it need not).
+    auth_required: bool,
+    max_payload: usize,
 }
 
 impl<'a, S: PeekByte, D: Dial> Pending<'a, S, D> {
@@ -73,6 +85,9 @@ impl<'a, S: PeekByte, D: Dial> Pending<'a, S, D> {
             id,
             deadline: Instant::now() + config.auth_timeout,
             info_sent: 0,
+            tls_first: false,
+            auth_required: true,
+            max_payload: protocol::DEFAULT_MAX_PAYLOAD,
         }
     }
 
@@ -99,23 +114,13 @@ impl<'a, S: PeekByte, D: Dial> Pending<'a, S, D> {
     /// `on_accept`: nats-server's own INFO (and nonce) is relayed, so its authorization timer
     /// runs while the client talks to natsgate.
     async fn on_accept(&mut self) -> Result<Established<D::Io>, Refusal> {
-        let UpstreamConn {
-            mut stream,
-            mut info,
-        } = self.dial(self.deadline).await?;
+        let UpstreamConn { mut stream, info } = self.dial(self.deadline).await?;
         let nonce = self.nonce_to_sign(&info);
-        if info.raw("client_ip").is_none() {
-            // nats-server omits it when it expects a PROXY header; the client still gets it.
-            info.set(
-                "client_ip",
-                &self.addrs.0.ip().to_canonical().to_string().into(),
-            );
-        }
         self.send_info(info).await?;
         self.classic_tls().await?;
-        let (buf, line) = self.read_connect().await?;
-        let forwarded = self.forward(&mut stream, &buf, &line, nonce).await?;
-        Ok(self.established(stream, &line, forwarded))
+        let (buf, first) = self.read_connect().await?;
+        let forwarded = self.forward(&mut stream, &buf, &first, nonce).await?;
+        Ok(self.established(stream, &first, forwarded))
     }
 
     /// `after_connect`: natsgate answers with its own INFO and dials only once the CONNECT is
@@ -125,21 +130,24 @@ impl<'a, S: PeekByte, D: Dial> Pending<'a, S, D> {
         self.send_info(protocol::own_info(latest, self.id, ip))
             .await?;
         self.classic_tls().await?;
-        let (buf, line) = self.read_connect().await?;
+        let (buf, first) = self.read_connect().await?;
         // The window is over for the client; the dial gets its own limit.
         let limit = Instant::now() + self.config.upstream.connect_timeout;
         let UpstreamConn { mut stream, info } = self.dial(limit).await?;
         // A nonce upstream matters only to a client that signs (nkey or JWT): it signed none.
         // A password or token client is served; natsgate's own ADR-55 signature still applies.
-        let signs = ["sig", "nkey", "jwt"]
-            .iter()
-            .any(|k| line.fields.raw(k).is_some());
+        let signs = match &first {
+            FirstOp::Connect(line) => ["sig", "nkey", "jwt"]
+                .iter()
+                .any(|k| line.fields.raw(k).is_some()),
+            FirstOp::Other { .. } => false,
+        };
         if signs && info.raw("nonce").is_some() {
             return Err(Refusal::NonceRequired);
         }
         let nonce = self.nonce_to_sign(&info);
-        let forwarded = self.forward(&mut stream, &buf, &line, nonce).await?;
-        Ok(self.established(stream, &line, forwarded))
+        let forwarded = self.forward(&mut stream, &buf, &first, nonce).await?;
+        Ok(self.established(stream, &first, forwarded))
     }
 
     /// The upstream INFO to build natsgate's own INFO from, when this connection dials after
@@ -159,20 +167,84 @@ impl<'a, S: PeekByte, D: Dial> Pending<'a, S, D> {
     fn established(
         &self,
         upstream: D::Io,
-        line: &ConnectLine,
+        first: &FirstOp,
         forwarded: usize,
     ) -> Established<D::Io> {
         Established {
             upstream,
-            identity: line.client_identity(),
+            identity: first.client_identity(),
             forwarded,
-            advert: self.advert(),
+            rewrite: self.rewrite(),
         }
     }
 
     /// INFO bytes the client has received so far.
     pub(crate) fn info_sent(&self) -> usize {
         self.info_sent
+    }
+
+    /// The client's address: the socket's, or the one an inbound PROXY header named.
+    pub(crate) fn client_addr(&self) -> SocketAddr {
+        self.addrs.0
+    }
+
+    /// Step 0: behind a load balancer (`[listener.proxy_protocol]`), the PROXY header comes
+    /// first, before TLS, inside the window; nothing is dialed before it is read. A source
+    /// outside `trusted` gets no header handling (its bytes are NATS or TLS). Returns the
+    /// client's own address when the header named one.
+    pub(crate) async fn proxy_header(&mut self) -> Result<Option<IpAddr>, Refusal> {
+        let Some(pp) = self.config.listener.proxy_protocol.as_ref() else {
+            return Ok(None);
+        };
+        if !pp.trusts(self.addrs.0.ip()) {
+            return Ok(None);
+        }
+        if !pp.required {
+            // Optional: a balancer writes its header at once; NATS clients wait for INFO.
+            let limit = self.deadline.min(Instant::now() + PROXY_OPTIONAL_WAIT);
+            if !matches!(
+                timeout_at(limit, self.peek()).await,
+                Ok(Ok(Some(b'P' | b'\r')))
+            ) {
+                return Ok(None);
+            }
+        }
+        let header = self.read_proxy_header().await?;
+        let addrs = header.addrs(self.addrs);
+        let moved = addrs.0.ip() != self.addrs.0.ip();
+        self.addrs = addrs;
+        Ok(moved.then_some(addrs.0.ip()))
+    }
+
+    /// Reads exactly the header, nothing after it: byte by byte up to the v2 length field,
+    /// then the rest of a v2 header in one read.
+    async fn read_proxy_header(&mut self) -> Result<protocol::ProxyHeader, Refusal> {
+        let deadline = self.deadline;
+        let client = self.client()?;
+        let mut buf = Vec::with_capacity(64);
+        loop {
+            match protocol::parse_proxy_header(&buf).map_err(Refusal::ProxyHeader)? {
+                Some((header, _)) => return Ok(header),
+                None if buf.len() >= 16 && buf[0] == b'\r' => {
+                    let want = 16 + usize::from(u16::from_be_bytes([buf[14], buf[15]]));
+                    let have = buf.len();
+                    buf.resize(want.max(have), 0);
+                    within(
+                        deadline,
+                        Step::ProxyHeader,
+                        client.read_exact(&mut buf[have..]),
+                    )
+                    .await?;
+                }
+                None => {
+                    let mut byte = [0u8; 1];
+                    if within(deadline, Step::ProxyHeader, client.read(&mut byte)).await? == 0 {
+                        return Err(Refusal::ClientClosed);
+                    }
+                    buf.push(byte[0]);
+                }
+            }
+        }
     }
 
     /// The client socket, to relay on or to send a refusal's reply on.
@@ -202,6 +274,7 @@ impl<'a, S: PeekByte, D: Dial> Pending<'a, S, D> {
         };
         if first {
             self.handshake(tls).await?;
+            self.tls_first = true;
         }
         Ok(())
     }
@@ -241,18 +314,38 @@ impl<'a, S: PeekByte, D: Dial> Pending<'a, S, D> {
     /// that did TLS first is told `tls_required`, as nats-server does (even when plaintext
     /// clients are accepted on the same port).
     fn advert(&self) -> TlsAdvert {
-        match (ClientTls::advert(self.tls), &self.client) {
-            (TlsAdvert::Available { verify }, Some(c)) if c.is_tls() => {
-                TlsAdvert::Required { verify }
+        match ClientTls::advert(self.tls) {
+            TlsAdvert::Available { verify } if self.tls_first => {
+                TlsAdvert::RequiredAndAvailable { verify }
             }
-            (advert, _) => advert,
+            advert => advert,
+        }
+    }
+
+    /// How every INFO this client gets is rewritten: TLS flags, `connect_urls` (stripped, kept,
+    /// or `listener.advertise`), and the client's own address as `client_ip`.
+    fn rewrite(&self) -> Rewrite {
+        let advertise = &self.config.listener.advertise;
+        let connect_urls = match (
+            advertise.is_empty(),
+            self.config.upstream.strip_connect_urls,
+        ) {
+            (false, _) => ConnectUrls::Advertise(advertise.as_slice().into()),
+            (true, true) => ConnectUrls::Strip,
+            (true, false) => ConnectUrls::Keep,
+        };
+        Rewrite {
+            tls: self.advert(),
+            connect_urls,
+            client_ip: Some(self.addrs.0.ip()),
         }
     }
 
     /// Step 4: the INFO, rewritten (TLS flags, `connect_urls`), nonce unchanged.
     async fn send_info(&mut self, info: Info) -> Result<(), Refusal> {
-        let strip = self.config.upstream.strip_connect_urls;
-        let info = protocol::rewrite_info(info, self.advert(), strip);
+        self.auth_required = protocol::auth_required(&info);
+        self.max_payload = protocol::max_payload(&info);
+        let info = protocol::rewrite_info_with(info, &self.rewrite());
         let deadline = self.deadline;
         let client = self.client()?;
         within(deadline, Step::WriteInfo, write_flush(client, &info)).await?;
@@ -284,14 +377,25 @@ impl<'a, S: PeekByte, D: Dial> Pending<'a, S, D> {
     /// Step 6: the CONNECT line, read in small steps (a silent client costs only its first
     /// small buffer), refused on the first byte that cannot start one. Returns the bytes read,
     /// which may go on past the line (pipelined traffic).
-    async fn read_connect(&mut self) -> Result<(Vec<u8>, ConnectLine), Refusal> {
+    async fn read_connect(&mut self) -> Result<(Vec<u8>, FirstOp), Refusal> {
         let max = self.config.listener.max_control_line;
+        let limits = FirstOpLimits {
+            max_control_line: max,
+            max_payload: self.max_payload,
+        };
+        // With no auth upstream, nats-server accepts other ops before CONNECT: so does natsgate,
+        // and the window ends with the first complete op.
+        let auth_required = self.auth_required;
         let deadline = self.deadline;
         let client = self.client()?;
         let mut buf: Vec<u8> = Vec::new();
         loop {
-            if let Some(line) = protocol::scan_connect(&buf, max)? {
-                return Ok((buf, line));
+            let first = match auth_required {
+                true => protocol::scan_connect(&buf, max)?.map(FirstOp::Connect),
+                false => protocol::scan_first_op(&buf, limits)?,
+            };
+            if let Some(first) = first {
+                return Ok((buf, first));
             }
             if buf.capacity() == buf.len() {
                 buf.reserve(if buf.is_empty() {
@@ -313,21 +417,22 @@ impl<'a, S: PeekByte, D: Dial> Pending<'a, S, D> {
         &self,
         upstream: &mut D::Io,
         buf: &[u8],
-        line: &ConnectLine,
+        first: &FirstOp,
         nonce: Option<String>,
     ) -> Result<usize, Refusal> {
         let sig = match (&self.shared.signer, nonce) {
             (Some(kp), Some(nonce)) => kp.sign(nonce.as_bytes()).ok(),
             _ => None,
         };
-        let mut forward = match sig {
-            Some(sig) => {
+        let forward = match (sig, first) {
+            (Some(sig), FirstOp::Connect(line)) => {
                 let sig = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sig);
-                protocol::connect_with_proxy_sig(buf, line, &sig)
+                let mut signed = protocol::connect_with_proxy_sig(buf, line, &sig);
+                signed.extend_from_slice(&buf[line.line_len..]);
+                signed
             }
-            None => buf[..line.line_len].to_vec(),
+            _ => buf.to_vec(),
         };
-        forward.extend_from_slice(&buf[line.line_len..]);
         let limit = self.config.upstream.connect_timeout;
         match timeout(limit, write_flush(upstream, &forward)).await {
             Ok(Ok(())) => {}

@@ -9,6 +9,7 @@ use crate::protocol::{self, ConnectError};
 /// The step of the pending phase (DESIGN §1) that was under way when a refusal happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Step {
+    ProxyHeader,
     TlsHandshake,
     WriteInfo,
     ClassicTls,
@@ -18,6 +19,7 @@ pub(crate) enum Step {
 impl fmt::Display for Step {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
+            Step::ProxyHeader => "while reading the PROXY header",
             Step::TlsHandshake => "during the TLS handshake",
             Step::WriteInfo => "while writing INFO",
             Step::ClassicTls => "while waiting for the TLS upgrade",
@@ -56,6 +58,13 @@ pub(crate) enum Refusal {
     NonceRequired,
     #[error("natsgate is shutting down")]
     Shutdown,
+    /// An inbound PROXY header from a trusted source was malformed.
+    #[error("PROXY header refused: {0}")]
+    ProxyHeader(protocol::ProxyHeaderError),
+    /// The address an inbound PROXY header named is at its per-address limit; the reply is
+    /// the limit refusal (INFO, then the `-ERR`).
+    #[error("the client address from the PROXY header is at its limit")]
+    Limit(Vec<u8>),
 }
 
 impl Refusal {
@@ -69,6 +78,8 @@ impl Refusal {
             Refusal::Upstream(_) => Reject::UpstreamUnavailable,
             Refusal::NonceRequired => Reject::Protocol,
             Refusal::Shutdown => Reject::Shutdown,
+            Refusal::ProxyHeader(_) => Reject::Protocol,
+            Refusal::Limit(_) => Reject::Limit,
         }
     }
 
@@ -81,6 +92,7 @@ impl Refusal {
             }
             Refusal::TlsRequired => Some(protocol::ERR_TLS_REQUIRED.to_vec()),
             Refusal::NonceRequired => Some(protocol::ERR_NONCE_REQUIRED.to_vec()),
+            Refusal::Limit(reply) => Some(reply.clone()),
             Refusal::Connect(e) => Some(e.client_error()),
             _ => None,
         }

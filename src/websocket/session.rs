@@ -260,7 +260,7 @@ async fn relay_to_end(
     if let Stream::Plain(io) = &mut client {
         io.established();
     }
-    let server = ServerStream::new(established.advert, true);
+    let server = ServerStream::with_rewrite(established.rewrite);
     let (cr, cw) = tokio::io::split(client);
     let metrics = &shared.metrics;
     // Boxed: the relay state exists only once the connection is established.
