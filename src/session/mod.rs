@@ -37,32 +37,49 @@ pub(crate) async fn serve(
 ) {
     let accepted = Instant::now();
     let config = shared.config.load_full();
-    let local = tcp.local_addr().unwrap_or(peer);
-    let _ = tcp.set_nodelay(true);
-    let mut pending = Pending::new(&shared, &config, &shared.upstreams, tcp, (peer, local));
-    let result = tokio::select! {
-        r = pending.establish() => r,
-        _ = shared.stop_pending.cancelled() => Err(Refusal::Shutdown),
-    };
     let log = CloseLog {
         id: admission.id(),
         peer,
         accepted,
     };
+    // Boxed: the pending state is the largest part of a connection's task and is dropped once
+    // the connection is established, so an established connection no longer carries it.
+    let established = Box::pin(pend(&shared, &config, tcp, peer, &log)).await;
+    if let Some((client, established, info_sent)) = established {
+        admission.established();
+        let strip = config.upstream.strip_connect_urls;
+        relay_to_end(&shared, client, established, info_sent, strip, &log).await;
+    }
+}
+
+/// The pending phase up to an established connection (or a refusal, answered and logged here).
+async fn pend(
+    shared: &Shared,
+    config: &crate::config::Config,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    log: &CloseLog,
+) -> Option<(Stream, Established<Stream>, usize)> {
+    let local = tcp.local_addr().unwrap_or(peer);
+    let _ = tcp.set_nodelay(true);
+    let mut pending = Pending::new(shared, config, &shared.upstreams, tcp, (peer, local));
+    let result = tokio::select! {
+        r = pending.establish() => r,
+        _ = shared.stop_pending.cancelled() => Err(Refusal::Shutdown),
+    };
     match result {
-        Err(refusal) => refuse(&shared, pending, refusal, &log).await,
+        Err(refusal) => {
+            refuse(shared, pending, refusal, log).await;
+            None
+        }
         Ok(established) => {
             let info_sent = pending.info_sent();
-            let Some(client) = pending.into_client() else {
-                return;
-            };
+            let client = pending.into_client()?;
             shared
                 .metrics
                 .connect_wait
-                .record(accepted.elapsed().as_secs_f64());
-            admission.established();
-            let strip = config.upstream.strip_connect_urls;
-            relay_to_end(&shared, client, established, info_sent, strip, &log).await;
+                .record(log.accepted.elapsed().as_secs_f64());
+            Some((client, established, info_sent))
         }
     }
 }
