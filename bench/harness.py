@@ -41,7 +41,8 @@ VARIANTS = {}
 for spec in filter(None, os.environ.get("VARIANTS", "").split(";")):
     name, _, envs = spec.partition(":")
     VARIANTS[name] = dict(e.split("=", 1) for e in envs.split(",") if e)
-# A different natsgate binary for the variants only: VARIANT_BIN=path.
+# A different natsgate binary for the variants only: VARIANT_BIN=path; for one variant:
+# NATSGATE_BIN=path among its K=V. VARIANT_ROWS_<name>=row,row limits a variant to some rows.
 VARIANT_BIN = os.environ.get("VARIANT_BIN")
 USER, PASS = "bench", "bench-pass"
 FLOOD_WINDOW = 2  # natsgate's authorization.timeout (and nats-server's own, direct) in flood
@@ -146,8 +147,9 @@ key_file = "{CERTS}/server-key.pem"
 handshake_first = {"true" if tls == "first" else "false"}
 """
     path = write(os.path.join(OUT, f"natsgate-{port}.toml"), conf)
-    binary = VARIANT_BIN if variant and VARIANT_BIN else NATSGATE
-    return procs.start([binary, "--config", path], "natsgate", port, VARIANTS.get(variant))
+    env = dict(VARIANTS.get(variant) or {})
+    binary = env.pop("NATSGATE_BIN", None) or (VARIANT_BIN if variant and VARIANT_BIN else NATSGATE)
+    return procs.start([binary, "--config", path], "natsgate", port, env)
 
 
 def start_haproxy(procs, port, upstream, tls=None):
@@ -294,10 +296,19 @@ for rid in list(COST):
 
 
 def cpu_s(pid):
-    """utime + stime of a process (all its threads), seconds."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    """CPU seconds of a process (all its threads): the sum of each thread's on-CPU time from
+    /proc/<pid>/task/*/schedstat (nanoseconds; utime+stime from /proc/<pid>/stat counts in
+    10 ms ticks, too coarse for a short run), falling back to utime+stime."""
+    try:
+        total = 0
+        for t in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{t}/schedstat") as f:
+                total += int(f.read().split()[0])
+        return total / 1e9
+    except (OSError, ValueError, IndexError):
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 def measure(rid, kind, args, flood=False):
@@ -354,9 +365,21 @@ def main():
     rows = [r for r in ROWS if not ONLY or r[0] in ONLY]
     if VARIANTS:
         rows = [
-            (rid, title, args, [x for t in targets for x in [t] + ([f"{t}+{v}" for v in VARIANTS] if t.startswith("natsgate") else [])], metric, hi)
+            (rid, title, args, [x for t in targets for x in [t] + ([f"{t}+{v}" for v in VARIANTS if rid in os.environ.get(f"VARIANT_ROWS_{v}", rid).split(",")] if t.startswith("natsgate") else [])], metric, hi)
             for rid, title, args, targets, metric, hi in rows
         ]
+    if os.environ.get("REPLOT"):
+        # Tables and chart again from saved results: REPLOT=a/results.json,b/results.json (a
+        # later file's rows replace an earlier one's).
+        results = {}
+        for path in os.environ["REPLOT"].split(","):
+            saved = json.load(open(path))
+            rids = {k.split("/", 1)[0] for k in saved}
+            results = {k: v for k, v in results.items() if k[0] not in rids}
+            results.update({tuple(k.split("/", 1)): v for k, v in saved.items()})
+        rows = [(rid, title, args, [t for t in targets if (rid, t) in results] + sorted(k for (r, k) in results if r == rid and "+" in k), metric, hi) for rid, title, args, targets, metric, hi in rows if any(r == rid for (r, _) in results)]
+        report(rows, results, 0)
+        return
     if HAPROXY is None:
         print("note: haproxy not found: HAProxy rows skipped (apt-get install -y haproxy)", file=sys.stderr)
     results = {}  # (row id, target) -> list of per-round dicts
@@ -373,7 +396,10 @@ def main():
                 print(f"[{time.time() - started:6.0f}s] round {rnd + 1}/{ROUNDS} {rid:17s} {kind:18s} {metric}={shown}", file=sys.stderr, flush=True)
     with open(os.path.join(OUT, "results.json"), "w") as f:
         json.dump({f"{k[0]}/{k[1]}": v for k, v in results.items()}, f, indent=1)
+    report(rows, results, started)
 
+
+def report(rows, results, started):
     load = open("/proc/loadavg").read().split()[:3]
     print(f"\nROUNDS={ROUNDS} QUICK={int(QUICK)} · {time.time() - started:.0f} s · load average at end {' '.join(load)} · raw results: {OUT}/results.json\n")
     print("| scenario | target | metric: median (min–max) | vs the row's first target (direct), same round: median (min–max) | other |")
@@ -412,15 +438,15 @@ def per_round_ratio(results, rid, a, b, metric):
 
 # (row id, metric, label) of the cost table: natsgate against HAProxy, same round.
 COST_ROWS = [
-    ("rawconn", "cpu_s_per_1k_conns", "proxy CPU s per 1,000 connections set up"),
-    ("pub16k", "cpu_s_per_gb", "proxy CPU s per GB published (16 KiB messages; each byte crosses the proxy twice)"),
-    ("pub128", "cpu_s_per_gb", "proxy CPU s per GB published (128 B messages)"),
-    ("idle", "idle_bytes_per_conn", f"RSS per idle established plaintext connection, bytes ({IDLE_CLIENTS} clients)"),
-    ("idle", "after_burst_bytes_per_conn", "same, after one 8 KiB publish per connection"),
-    ("tls-idle", "idle_bytes_per_conn", "RSS per idle established TLS connection, bytes (natsgate classic TLS; HAProxy TLS-first)"),
-    ("tls-idle", "after_burst_bytes_per_conn", "same, after one 8 KiB publish per connection"),
-    ("hung", "p50_us", "1 of 3 members hung: time to PONG p50, µs"),
-    ("hung", "p99_us", "1 of 3 members hung: time to PONG p99, µs (a timeout counts as 2 s)"),
+    ("rawconn", "cpu_s_per_1k_conns", "proxy CPU s per 1,000 connections set up", "CPU per connection set up"),
+    ("pub16k", "cpu_s_per_gb", "proxy CPU s per GB published (16 KiB messages; each byte crosses the proxy twice)", "CPU per GB, 16 KiB publishes"),
+    ("pub128", "cpu_s_per_gb", "proxy CPU s per GB published (128 B messages)", "CPU per GB, 128 B publishes"),
+    ("idle", "idle_bytes_per_conn", f"RSS per idle established plaintext connection, bytes ({IDLE_CLIENTS} clients)", "RSS per idle plaintext conn"),
+    ("idle", "after_burst_bytes_per_conn", "same, after one 8 KiB publish per connection", "… after one 8 KiB publish"),
+    ("tls-idle", "idle_bytes_per_conn", "RSS per idle established TLS connection, bytes (natsgate classic TLS; HAProxy TLS-first)", "RSS per idle TLS conn"),
+    ("tls-idle", "after_burst_bytes_per_conn", "same, after one 8 KiB publish per connection", "… after one 8 KiB publish"),
+    ("hung", "p50_us", "1 of 3 members hung: time to PONG p50, µs", "1 of 3 hung: time to PONG p50"),
+    ("hung", "p99_us", "1 of 3 members hung: time to PONG p99, µs (a timeout counts as 2 s)", "1 of 3 hung: time to PONG p99"),
 ]
 
 
@@ -436,14 +462,17 @@ def cost_table(rows, results):
     ids = {r[0] for r in rows}
     print("\n| cost | natsgate: median (min–max) | HAProxy | natsgate ÷ HAProxy, same round | direct nats-server |")
     print("|---|---|---|---|---|")
-    for rid, metric, label in COST_ROWS:
+    for rid, metric, label, _ in COST_ROWS:
         if rid not in ids:
             continue
         n, h, d = pick(results, rid, "natsgate"), pick(results, rid, "haproxy"), pick(results, rid, "direct")
         col = lambda k: span([r.get(metric) for r in results.get((rid, k), [])]) if k else "–"
-        ratio = span(per_round_ratio(results, rid, n, h, metric)) if n and h else "–"
         direct = col(d) if rid in ("idle", "tls-idle") else "–"
-        print(f"| {label} | {col(n)} | {col(h)} | {ratio} | {direct} |")
+        variants = [k for (r, k) in results if r == rid and n and k.startswith(n + "+")]
+        for kind in [n] + variants:
+            ratio = span(per_round_ratio(results, rid, kind, h, metric)) if kind and h else "–"
+            name = "" if kind == n else f" [{kind}]"
+            print(f"| {label}{name} | {col(kind)} | {col(h)} | {ratio} | {direct} |")
 
 
 def chart(rows, results):
@@ -459,7 +488,7 @@ def chart(rows, results):
     ids = {r[0] for r in rows}
     # Left: throughput/latency vs direct. Right: cost rows, natsgate and HAProxy against HAProxy.
     speed = [(rid, title, metric) for rid, title, _, targets, metric, _ in rows if targets[0].startswith("direct") and rid not in ("flood", "idle", "tls-idle")]
-    costs = [(rid, metric, label) for rid, metric, label in COST_ROWS if rid in ids]
+    costs = [(rid, metric, short) for rid, metric, _, short in COST_ROWS if rid in ids]
     fig, axes = plt.subplots(1, 2, figsize=(15, 0.55 * max(len(speed), len(costs)) + 2.5))
     for ax, items, title in ((axes[0], speed, "vs direct nats-server, same round (1.0 = direct)"), (axes[1], costs, "cost vs HAProxy, same round (1.0 = HAProxy; lower is cheaper/faster)")):
         labels, nat, hap, lo, hi = [], [], [], [], []
@@ -475,20 +504,22 @@ def chart(rows, results):
                 n, h = pick(results, rid, "natsgate"), pick(results, rid, "haproxy")
                 rn = per_round_ratio(results, rid, n, h, metric) if n and h else []
                 rh = [1.0] * len(rn)
-                labels.append(label.split(",")[0].split(" (")[0] + ("" if "after" not in label else " (after burst)") if not label.startswith("same") else f"{rid}: after one 8 KiB publish")
-            nat.append(statistics.median(rn) if rn else 0)
-            hap.append(statistics.median(rh) if rh else 0)
+                labels.append(label)
+            nat.append(statistics.median(rn) if rn else float("nan"))
+            hap.append(statistics.median(rh) if rh else float("nan"))
             lo.append(nat[-1] - min(rn) if rn else 0)
             hi.append(max(rn) - nat[-1] if rn else 0)
         y = list(range(len(labels)))
         ax.barh([v + 0.2 for v in y], nat, 0.4, xerr=[lo, hi], label="natsgate (min–max over rounds)", color="#2a7ab0")
         ax.barh([v - 0.2 for v in y], hap, 0.4, label="HAProxy", color="#c8553d")
         for v, x in zip(y, nat):
-            ax.text(x, v + 0.2, f" {x:.2f}", va="center", fontsize=8)
+            ax.text(max(x, 1e-3), v + 0.2, f" {x:.3g}", va="center", fontsize=8)
         ax.set_yticks(y)
         ax.set_yticklabels(labels, fontsize=8)
         ax.invert_yaxis()
         ax.axvline(1.0, color="grey", lw=0.8)
+        if ax is axes[1]:
+            ax.set_xscale("log")  # a hung-member timeout is 1,000× a hedged dial
         ax.set_title(title, fontsize=9)
         ax.legend(fontsize=8, loc="lower right")
     fig.suptitle(f"natsgate benchmarks: {ROUNDS} interleaved rounds, medians", fontsize=10)

@@ -438,4 +438,24 @@ mod tests {
         assert_eq!(outcome.upstream_to_client, burst.len() as u64);
         assert_eq!(pool::held(), 0);
     }
+
+    /// The relay future is what an idle established connection holds besides its sockets.
+    #[tokio::test]
+    async fn the_relay_future_stays_small() {
+        let (_client, client_side) = pair().await;
+        let (upstream_side, _upstream) = pair().await;
+        let metrics = Metrics::new();
+        let stop = CancellationToken::new();
+        let server = ServerStream::new(TlsAdvert::None, false);
+        let fut = relay(
+            Stream::Plain(client_side),
+            Stream::Plain(upstream_side),
+            server,
+            &metrics,
+            &stop,
+        );
+        let size = std::mem::size_of_val(&fut);
+        eprintln!("relay future: {size} bytes");
+        assert!(size <= 2048, "the relay future is {size} bytes");
+    }
 }
