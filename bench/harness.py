@@ -22,6 +22,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -40,11 +41,14 @@ VARIANTS = {}
 for spec in filter(None, os.environ.get("VARIANTS", "").split(";")):
     name, _, envs = spec.partition(":")
     VARIANTS[name] = dict(e.split("=", 1) for e in envs.split(",") if e)
-# A different natsgate binary for the variants only: VARIANT_BIN=path.
+# A different natsgate binary for the variants only: VARIANT_BIN=path; for one variant:
+# NATSGATE_BIN=path among its K=V. VARIANT_ROWS_<name>=row,row limits a variant to some rows.
 VARIANT_BIN = os.environ.get("VARIANT_BIN")
 USER, PASS = "bench", "bench-pass"
 FLOOD_WINDOW = 2  # natsgate's authorization.timeout (and nats-server's own, direct) in flood
 FLOOD_CLIENTS = 2000 if QUICK else 5000
+IDLE_CLIENTS = int(os.environ.get("IDLE_CLIENTS", "1000" if QUICK else "4000"))
+CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 os.makedirs(OUT, exist_ok=True)
 
@@ -73,6 +77,7 @@ class Procs:
 
     def __init__(self):
         self.procs = []
+        self.on_stop = []
 
     def start(self, argv, name, port, env=None):
         log = open(os.path.join(OUT, f"{name}.log"), "ab")
@@ -88,6 +93,9 @@ class Procs:
                 p.send_signal(signal.SIGKILL)
             p.wait()
         self.procs = []
+        for f in self.on_stop:
+            f()
+        self.on_stop = []
 
 
 def write(path, text):
@@ -113,7 +121,10 @@ def start_nats(procs, port, tls=None, auth_timeout=10):
 
 
 def start_natsgate(procs, port, upstream, tls=None, window=None, variant=None):
+    """upstream: one port or a list of member ports."""
     admin = free_port()
+    members = upstream if isinstance(upstream, list) else [upstream]
+    servers = ", ".join(f'"nats://127.0.0.1:{u}"' for u in members)
     conf = f"""
 [listener]
 bind = "127.0.0.1:{port}"
@@ -121,7 +132,7 @@ max_pending = 100000
 max_pending_per_ip = 100000
 
 [upstream]
-servers = ["nats://127.0.0.1:{upstream}"]
+servers = [{servers}]
 
 [admin]
 bind = "127.0.0.1:{admin}"
@@ -136,12 +147,18 @@ key_file = "{CERTS}/server-key.pem"
 handshake_first = {"true" if tls == "first" else "false"}
 """
     path = write(os.path.join(OUT, f"natsgate-{port}.toml"), conf)
-    binary = VARIANT_BIN if variant and VARIANT_BIN else NATSGATE
-    return procs.start([binary, "--config", path], "natsgate", port, VARIANTS.get(variant))
+    env = dict(VARIANTS.get(variant) or {})
+    binary = env.pop("NATSGATE_BIN", None) or (VARIANT_BIN if variant and VARIANT_BIN else NATSGATE)
+    return procs.start([binary, "--config", path], "natsgate", port, env)
 
 
 def start_haproxy(procs, port, upstream, tls=None):
+    """upstream: one port, or a list of member ports (then with HAProxy's default TCP checks)."""
     bind = f"127.0.0.1:{port}"
+    if isinstance(upstream, list):
+        servers = "\n".join(f"    server s{i} 127.0.0.1:{u} check" for i, u in enumerate(upstream))
+    else:
+        servers = f"    server s1 127.0.0.1:{upstream}"
     if tls:
         bind += f" ssl crt {CERTS}/server-combined.pem"
     conf = f"""global
@@ -158,16 +175,55 @@ frontend nats
     default_backend nats
 
 backend nats
-    server s1 127.0.0.1:{upstream}
+{servers}
 """
     path = write(os.path.join(OUT, f"haproxy-{port}.cfg"), conf)
     return procs.start([HAPROXY, "-f", path, "-db"], "haproxy", port)
+
+
+class HungMember:
+    """A cluster member that accepts TCP connections and never says anything."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(4096)
+        self.port = self.sock.getsockname()[1]
+        self.held = []
+        threading.Thread(target=self.run, daemon=True).start()
+
+    def run(self):
+        try:
+            while True:
+                self.held.append(self.sock.accept()[0])
+        except OSError:
+            pass
+
+    def close(self):
+        self.sock.close()
+        for c in self.held:
+            c.close()
 
 
 def target(kind, procs, flood=False):
     """Starts a target; returns (client port, tls mode for the client, pid to watch)."""
     port = free_port()
     kind, _, variant = kind.partition("+")
+    if kind.endswith("-hung"):
+        # Three members, the second one hung: natsgate's and HAProxy's own member handling.
+        hung = HungMember()
+        procs.on_stop.append(hung.close)
+        a, b = free_port(), free_port()
+        start_nats(procs, a)
+        start_nats(procs, b)
+        members = [a, hung.port, b]
+        if kind.startswith("natsgate"):
+            p = start_natsgate(procs, port, members, variant=variant or None)
+        else:
+            p = start_haproxy(procs, port, members)
+            time.sleep(0.5)  # let HAProxy's first checks run
+        return port, None, p.pid
     tls = None
     if kind.endswith("-tlsfirst"):
         tls = "first"
@@ -195,6 +251,8 @@ def counts():
 
 C = counts()
 PLAIN = ["direct", "natsgate", "haproxy"]
+TLS_IDLE = ["direct-tls", "natsgate-tls", "haproxy-tlsfirst"]
+RAW = ["rawconn", "--secs", str(C["raw_secs"]), "--conc", "2"]
 CLASSIC = ["direct-tls", "natsgate-tls"]
 FIRST = ["direct-tlsfirst", "natsgate-tlsfirst", "haproxy-tlsfirst"]
 
@@ -208,6 +266,9 @@ ROWS = [
     ("tlsfirst-pub16k", "TLS-first pub 16 KiB, MB/s", ["pub", "--size", "16384", "--count", str(C["pub16k"])], FIRST, "mb_per_s", True),
     ("tls-rawconn", "TLS classic rawconn, conn/s", ["rawconn", "--secs", str(C["raw_secs"]), "--conc", "2"], CLASSIC, "conn_per_s", True),
     ("tlsfirst-rawconn", "TLS-first rawconn, conn/s", ["rawconn", "--secs", str(C["raw_secs"]), "--conc", "2"], FIRST, "conn_per_s", True),
+    ("idle", f"idle {IDLE_CLIENTS} established, bytes/conn", ["idle", "--clients", str(IDLE_CLIENTS)], PLAIN, "idle_bytes_per_conn", False),
+    ("tls-idle", f"TLS idle {IDLE_CLIENTS} established, bytes/conn", ["idle", "--clients", str(IDLE_CLIENTS)], TLS_IDLE, "idle_bytes_per_conn", False),
+    ("hung", "1 of 3 members hung: time to PONG p50, µs", ["rawconn", "--secs", str(C["raw_secs"]), "--conc", "8", "--conn-timeout", "2"], ["natsgate-hung", "haproxy-hung"], "p50_us", False),
     ("flood", f"flood {FLOOD_CLIENTS} silent clients", ["flood", "--clients", str(FLOOD_CLIENTS), "--window", str(FLOOD_WINDOW)], ["direct", "natsgate", "haproxy"], "drop_p99_ms", False),
 ]
 EXTRA = {  # secondary metrics shown in the table
@@ -218,24 +279,65 @@ EXTRA = {  # secondary metrics shown in the table
     "pub16k": ["msgs_per_s"],
     "pub128": ["mb_per_s"],
     "flood": ["rss_per_conn_bytes", "drop_p50_ms", "drop_max_ms", "errors"],
+    "idle": ["after_burst_bytes_per_conn"],
+    "tls-idle": ["after_burst_bytes_per_conn"],
+    "hung": ["p99_us", "timeouts", "conn_per_s"],
 }
+# Proxy cost: CPU seconds of the proxy process per unit of work (derived per measurement).
+COST = {
+    "pub16k": ("cpu_s_per_gb", lambda r, args: r["bytes"] / 1e9),
+    "pub128": ("cpu_s_per_gb", lambda r, args: r["bytes"] / 1e9),
+    "rawconn": ("cpu_s_per_1k_conns", lambda r, args: (r["conns"] + r.get("warmup_conns", 0)) / 1000),
+    "tls-rawconn": ("cpu_s_per_1k_conns", lambda r, args: (r["conns"] + r.get("warmup_conns", 0)) / 1000),
+    "tlsfirst-rawconn": ("cpu_s_per_1k_conns", lambda r, args: (r["conns"] + r.get("warmup_conns", 0)) / 1000),
+}
+for rid in list(COST):
+    EXTRA.setdefault(rid, []).append(COST[rid][0])
 
 
-def measure(kind, args, flood=False):
+def cpu_s(pid):
+    """CPU seconds of a process (all its threads): the sum of each thread's on-CPU time from
+    /proc/<pid>/task/*/schedstat (nanoseconds; utime+stime from /proc/<pid>/stat counts in
+    10 ms ticks, too coarse for a short run), falling back to utime+stime."""
+    try:
+        total = 0
+        for t in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{t}/schedstat") as f:
+                total += int(f.read().split()[0])
+        return total / 1e9
+    except (OSError, ValueError, IndexError):
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def measure(rid, kind, args, flood=False):
     procs = Procs()
     try:
         port, tls, pid = target(kind, procs, flood)
         argv = [LOADGEN] + args + ["--addr", f"127.0.0.1:{port}", "--user", USER, "--pass", PASS]
         if tls:
             argv += ["--tls", tls, "--ca", os.path.join(CERTS, "ca.pem")]
-        if flood:
+        if flood or args[0] == "idle":
             argv += ["--pid", str(pid)]
+        cpu0 = cpu_s(pid)
         r = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+        cpu1 = cpu_s(pid)
         if r.returncode != 0:
             lines = (r.stderr or r.stdout).strip().splitlines()
             at = next((i for i, l in enumerate(lines) if "panicked" in l), 0)
             return {"error": " ".join(lines[at:at + 3])[:400]}
-        return json.loads(r.stdout.strip().splitlines()[-1])
+        out = json.loads(r.stdout.strip().splitlines()[-1])
+        # The watched process is the proxy (or nats-server itself for direct targets).
+        out["proxy_cpu_s"] = cpu1 - cpu0
+        if rid in COST and "error" not in out:
+            name, units = COST[rid]
+            if rid.startswith("pub") or "pub" in rid:
+                out["bytes"] = int(args[args.index("--size") + 1]) * int(args[args.index("--count") + 1])
+            u = units(out, args)
+            if u:
+                out[name] = out["proxy_cpu_s"] / u
+        return out
     except Exception as e:  # a broken target is reported, not fatal
         return {"error": str(e)}
     finally:
@@ -263,9 +365,21 @@ def main():
     rows = [r for r in ROWS if not ONLY or r[0] in ONLY]
     if VARIANTS:
         rows = [
-            (rid, title, args, [x for t in targets for x in [t] + ([f"{t}+{v}" for v in VARIANTS] if t.startswith("natsgate") else [])], metric, hi)
+            (rid, title, args, [x for t in targets for x in [t] + ([f"{t}+{v}" for v in VARIANTS if rid in os.environ.get(f"VARIANT_ROWS_{v}", rid).split(",")] if t.startswith("natsgate") else [])], metric, hi)
             for rid, title, args, targets, metric, hi in rows
         ]
+    if os.environ.get("REPLOT"):
+        # Tables and chart again from saved results: REPLOT=a/results.json,b/results.json (a
+        # later file's rows replace an earlier one's).
+        results = {}
+        for path in os.environ["REPLOT"].split(","):
+            saved = json.load(open(path))
+            rids = {k.split("/", 1)[0] for k in saved}
+            results = {k: v for k, v in results.items() if k[0] not in rids}
+            results.update({tuple(k.split("/", 1)): v for k, v in saved.items()})
+        rows = [(rid, title, args, [t for t in targets if (rid, t) in results] + sorted(k for (r, k) in results if r == rid and "+" in k), metric, hi) for rid, title, args, targets, metric, hi in rows if any(r == rid for (r, _) in results)]
+        report(rows, results, 0)
+        return
     if HAPROXY is None:
         print("note: haproxy not found: HAProxy rows skipped (apt-get install -y haproxy)", file=sys.stderr)
     results = {}  # (row id, target) -> list of per-round dicts
@@ -275,17 +389,20 @@ def main():
             targets = [t for t in targets if HAPROXY or not t.startswith("haproxy")]
             order = targets[rnd % len(targets):] + targets[: rnd % len(targets)]
             for kind in order:
-                r = measure(kind, args, flood=(rid == "flood"))
+                r = measure(rid, kind, args, flood=(rid == "flood"))
                 r["round"] = rnd
                 results.setdefault((rid, kind), []).append(r)
                 shown = r.get(metric, r.get("error"))
                 print(f"[{time.time() - started:6.0f}s] round {rnd + 1}/{ROUNDS} {rid:17s} {kind:18s} {metric}={shown}", file=sys.stderr, flush=True)
     with open(os.path.join(OUT, "results.json"), "w") as f:
         json.dump({f"{k[0]}/{k[1]}": v for k, v in results.items()}, f, indent=1)
+    report(rows, results, started)
 
+
+def report(rows, results, started):
     load = open("/proc/loadavg").read().split()[:3]
     print(f"\nROUNDS={ROUNDS} QUICK={int(QUICK)} · {time.time() - started:.0f} s · load average at end {' '.join(load)} · raw results: {OUT}/results.json\n")
-    print("| scenario | target | metric: median (min–max) | vs direct, same round: median (min–max) | other |")
+    print("| scenario | target | metric: median (min–max) | vs the row's first target (direct), same round: median (min–max) | other |")
     print("|---|---|---|---|---|")
     for rid, title, args, targets, metric, higher in rows:
         direct = results.get((rid, targets[0]), [])
@@ -309,6 +426,106 @@ def main():
                 other += f"; {len(errs)} failed: {errs[0][:120]}"
             ratio = "–" if kind == targets[0] or ratios is None else span(ratios)
             print(f"| {title} | {kind} | {span(vals)} | {ratio} | {other} |")
+    cost_table(rows, results)
+    chart(rows, results)
+
+
+def per_round_ratio(results, rid, a, b, metric):
+    """a/b of metric per round where both exist."""
+    rb = {r["round"]: r.get(metric) for r in results.get((rid, b), [])}
+    return [r[metric] / rb[r["round"]] for r in results.get((rid, a), []) if r.get(metric) is not None and rb.get(r["round"])]
+
+
+# (row id, metric, label) of the cost table: natsgate against HAProxy, same round.
+COST_ROWS = [
+    ("rawconn", "cpu_s_per_1k_conns", "proxy CPU s per 1,000 connections set up", "CPU per connection set up"),
+    ("pub16k", "cpu_s_per_gb", "proxy CPU s per GB published (16 KiB messages; each byte crosses the proxy twice)", "CPU per GB, 16 KiB publishes"),
+    ("pub128", "cpu_s_per_gb", "proxy CPU s per GB published (128 B messages)", "CPU per GB, 128 B publishes"),
+    ("idle", "idle_bytes_per_conn", f"RSS per idle established plaintext connection, bytes ({IDLE_CLIENTS} clients)", "RSS per idle plaintext conn"),
+    ("idle", "after_burst_bytes_per_conn", "same, after one 8 KiB publish per connection", "… after one 8 KiB publish"),
+    ("tls-idle", "idle_bytes_per_conn", "RSS per idle established TLS connection, bytes (natsgate classic TLS; HAProxy TLS-first)", "RSS per idle TLS conn"),
+    ("tls-idle", "after_burst_bytes_per_conn", "same, after one 8 KiB publish per connection", "… after one 8 KiB publish"),
+    ("hung", "p50_us", "1 of 3 members hung: time to PONG p50, µs", "1 of 3 hung: time to PONG p50"),
+    ("hung", "p99_us", "1 of 3 members hung: time to PONG p99, µs (a timeout counts as 2 s)", "1 of 3 hung: time to PONG p99"),
+]
+
+
+def pick(results, rid, prefix):
+    """The first target of the row whose name starts with prefix (no variants)."""
+    for (r, kind) in results:
+        if r == rid and kind.split("+")[0].startswith(prefix) and "+" not in kind:
+            return kind
+    return None
+
+
+def cost_table(rows, results):
+    ids = {r[0] for r in rows}
+    print("\n| cost | natsgate: median (min–max) | HAProxy | natsgate ÷ HAProxy, same round | direct nats-server |")
+    print("|---|---|---|---|---|")
+    for rid, metric, label, _ in COST_ROWS:
+        if rid not in ids:
+            continue
+        n, h, d = pick(results, rid, "natsgate"), pick(results, rid, "haproxy"), pick(results, rid, "direct")
+        col = lambda k: span([r.get(metric) for r in results.get((rid, k), [])]) if k else "–"
+        direct = col(d) if rid in ("idle", "tls-idle") else "–"
+        variants = [k for (r, k) in results if r == rid and n and k.startswith(n + "+")]
+        for kind in [n] + variants:
+            ratio = span(per_round_ratio(results, rid, kind, h, metric)) if kind and h else "–"
+            name = "" if kind == n else f" [{kind}]"
+            print(f"| {label}{name} | {col(kind)} | {col(h)} | {ratio} | {direct} |")
+
+
+def chart(rows, results):
+    """Ratios and costs per scenario, natsgate beside HAProxy: BENCH_CHART (default OUT/bench.png)."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("note: matplotlib not found, no chart (apt-get install -y python3-matplotlib)", file=sys.stderr)
+        return
+    path = os.environ.get("BENCH_CHART", os.path.join(OUT, "bench.png"))
+    ids = {r[0] for r in rows}
+    # Left: throughput/latency vs direct. Right: cost rows, natsgate and HAProxy against HAProxy.
+    speed = [(rid, title, metric) for rid, title, _, targets, metric, _ in rows if targets[0].startswith("direct") and rid not in ("flood", "idle", "tls-idle")]
+    costs = [(rid, metric, short) for rid, metric, _, short in COST_ROWS if rid in ids]
+    fig, axes = plt.subplots(1, 2, figsize=(15, 0.55 * max(len(speed), len(costs)) + 2.5))
+    for ax, items, title in ((axes[0], speed, "vs direct nats-server, same round (1.0 = direct)"), (axes[1], costs, "cost vs HAProxy, same round (1.0 = HAProxy; lower is cheaper/faster)")):
+        labels, nat, hap, lo, hi = [], [], [], [], []
+        for item in items:
+            if ax is axes[0]:
+                rid, title_, metric = item
+                n, h, d = pick(results, rid, "natsgate"), pick(results, rid, "haproxy"), pick(results, rid, "direct")
+                rn = per_round_ratio(results, rid, n, d, metric) if n and d else []
+                rh = per_round_ratio(results, rid, h, d, metric) if h and d else []
+                labels.append(title_)
+            else:
+                rid, metric, label = item
+                n, h = pick(results, rid, "natsgate"), pick(results, rid, "haproxy")
+                rn = per_round_ratio(results, rid, n, h, metric) if n and h else []
+                rh = [1.0] * len(rn)
+                labels.append(label)
+            nat.append(statistics.median(rn) if rn else float("nan"))
+            hap.append(statistics.median(rh) if rh else float("nan"))
+            lo.append(nat[-1] - min(rn) if rn else 0)
+            hi.append(max(rn) - nat[-1] if rn else 0)
+        y = list(range(len(labels)))
+        ax.barh([v + 0.2 for v in y], nat, 0.4, xerr=[lo, hi], label="natsgate (min–max over rounds)", color="#2a7ab0")
+        ax.barh([v - 0.2 for v in y], hap, 0.4, label="HAProxy", color="#c8553d")
+        for v, x in zip(y, nat):
+            ax.text(max(x, 1e-3), v + 0.2, f" {x:.3g}", va="center", fontsize=8)
+        ax.set_yticks(y)
+        ax.set_yticklabels(labels, fontsize=8)
+        ax.invert_yaxis()
+        ax.axvline(1.0, color="grey", lw=0.8)
+        if ax is axes[1]:
+            ax.set_xscale("log")  # a hung-member timeout is 1,000× a hedged dial
+        ax.set_title(title, fontsize=9)
+        ax.legend(fontsize=8, loc="lower right")
+    fig.suptitle(f"natsgate benchmarks: {ROUNDS} interleaved rounds, medians", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print(f"\nchart: {path}", file=sys.stderr)
 
 
 if __name__ == "__main__":

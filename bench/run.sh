@@ -36,4 +36,4 @@ mkdir -p "$certs"
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(uname -r); load: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 echo "versions: $(nats-server --version 2>/dev/null || true); $(haproxy -v 2>/dev/null | head -1 || echo 'haproxy: absent')" >&2
 
-CERTS="$certs" BENCH_OUT="${BENCH_OUT:-$work}" python3 bench/harness.py
+CERTS="$certs" BENCH_OUT="${BENCH_OUT:-$work}" "${PYTHON:-python3}" bench/harness.py

@@ -23,6 +23,10 @@
 //! - `flood`: `--clients` silent connections at once; the target's RSS per pending connection
 //!   (from `/proc/<pid>/status`) and, per client, when it was dropped relative to its own
 //!   connect plus `--window`.
+//! - `idle`: `--clients` established connections (CONNECT+PING, PONG; at most 64 setting up at
+//!   once), then the target's RSS; then each client publishes one `--burst`-byte message and
+//!   reads a PONG (64 at a time) and all go idle again; RSS again. Per-connection bytes are
+//!   (RSS − RSS before the first connection) / clients.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -42,6 +46,7 @@ enum Scenario {
     Req,
     Rawconn,
     Flood,
+    Idle,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -87,9 +92,16 @@ struct Args {
     /// flood: the target's authorization window, seconds.
     #[arg(long, default_value_t = 3.0)]
     window: f64,
-    /// flood: the process whose RSS is measured.
+    /// flood, idle: the process whose RSS is measured.
     #[arg(long)]
     pid: Option<u32>,
+    /// rawconn: a setup not done (PONG read) within this many seconds counts as a timeout,
+    /// recorded at this latency (0: no limit).
+    #[arg(long, default_value_t = 0.0)]
+    conn_timeout: f64,
+    /// idle: bytes each client publishes in its one burst.
+    #[arg(long, default_value_t = 8192)]
+    burst: usize,
 }
 
 fn main() {
@@ -106,6 +118,7 @@ fn main() {
             Scenario::Req => run_req(&args).await,
             Scenario::Rawconn => run_rawconn(&args).await,
             Scenario::Flood => run_flood(&args).await,
+            Scenario::Idle => run_idle(&args).await,
         }
     });
     println!("{out}");
@@ -330,6 +343,27 @@ async fn one_conn(
     connect_line: &[u8],
 ) -> Result<Duration, String> {
     let t = Instant::now();
+    if args.conn_timeout > 0.0 {
+        let limit = Duration::from_secs_f64(args.conn_timeout);
+        match tokio::time::timeout(limit, setup(args, connector, connect_line)).await {
+            Ok(r) => r?,
+            Err(_) => return Err(TIMED_OUT.into()),
+        };
+    } else {
+        setup(args, connector, connect_line).await?;
+    }
+    Ok(t.elapsed())
+}
+
+const TIMED_OUT: &str = "timed out";
+
+/// Connects, reads INFO (upgrading to TLS as asked), sends `connect_line` (CONNECT+PING) and
+/// reads PONG; returns the established connection.
+async fn setup(
+    args: &Args,
+    connector: Option<&tokio_rustls::TlsConnector>,
+    connect_line: &[u8],
+) -> Result<Box<dyn Io>, String> {
     let tcp = TcpStream::connect(&args.addr)
         .await
         .map_err(|e| format!("connect: {e}"))?;
@@ -387,7 +421,17 @@ async fn one_conn(
     if !read_until(&mut s, &mut buf, b"PONG\r\n").await {
         return Err(format!("no PONG: {}", String::from_utf8_lossy(&buf)));
     }
-    Ok(t.elapsed())
+    Ok(s)
+}
+
+const WARMUP: u64 = 20;
+
+fn connect_line(args: &Args) -> Vec<u8> {
+    format!(
+        "CONNECT {{\"verbose\":false,\"pedantic\":false,\"user\":\"{}\",\"pass\":\"{}\",\"name\":\"rawconn\",\"lang\":\"rust\",\"version\":\"0\",\"protocol\":1,\"headers\":true,\"no_responders\":true}}\r\nPING\r\n",
+        args.user, args.pass
+    )
+    .into_bytes()
 }
 
 async fn run_rawconn(args: &Args) -> serde_json::Value {
@@ -399,9 +443,11 @@ async fn run_rawconn(args: &Args) -> serde_json::Value {
     )
     .into_bytes();
     // Warm-up (and a check that the target works at all).
-    for _ in 0..20 {
-        if let Err(e) = one_conn(&args, connector.as_ref(), &connect_line).await {
-            return json!({"scenario": "rawconn", "error": e});
+    // With a hung member behind the target a warm-up setup may time out: that is measured.
+    for _ in 0..WARMUP {
+        match one_conn(&args, connector.as_ref(), &connect_line).await {
+            Err(e) if e != TIMED_OUT => return json!({"scenario": "rawconn", "error": e}),
+            _ => {}
         }
     }
     let deadline = Instant::now() + Duration::from_secs_f64(args.secs);
@@ -414,26 +460,33 @@ async fn run_rawconn(args: &Args) -> serde_json::Value {
         workers.push(tokio::spawn(async move {
             let mut lat = Vec::new();
             let mut errors = 0u64;
+            let mut timeouts = 0u64;
             let mut last_err = String::new();
             while Instant::now() < deadline {
                 match one_conn(&args, connector.as_ref(), &line).await {
                     Ok(d) => lat.push(d.as_nanos() as u64 / 1000),
+                    Err(e) if e == TIMED_OUT => {
+                        timeouts += 1;
+                        lat.push((args.conn_timeout * 1e6) as u64);
+                    }
                     Err(e) => {
                         errors += 1;
                         last_err = e;
                     }
                 }
             }
-            (lat, errors, last_err)
+            (lat, errors, timeouts, last_err)
         }));
     }
     let mut lat = Vec::new();
     let mut errors = 0;
+    let mut timeouts = 0;
     let mut last_err = String::new();
     for w in workers {
-        let (l, e, le) = w.await.expect("worker");
+        let (l, e, to, le) = w.await.expect("worker");
         lat.extend(l);
         errors += e;
+        timeouts += to;
         if !le.is_empty() {
             last_err = le;
         }
@@ -444,7 +497,9 @@ async fn run_rawconn(args: &Args) -> serde_json::Value {
         "scenario": "rawconn",
         "tls": format!("{:?}", args.tls),
         "conns": lat.len(),
+        "warmup_conns": WARMUP,
         "errors": errors,
+        "timeouts": timeouts,
         "last_error": last_err,
         "secs": secs,
         "conn_per_s": lat.len() as f64 / secs,
@@ -560,4 +615,86 @@ async fn run_flood(args: &Args) -> serde_json::Value {
         "drop_p99_ms": p(99.0),
         "drop_max_ms": p(100.0),
     })
+}
+
+async fn run_idle(args: &Args) -> serde_json::Value {
+    let k = args.clients;
+    let args = Arc::new(args.clone());
+    let connector = (args.tls != TlsMode::None).then(|| tls_connector(&args));
+    let line = Arc::new(connect_line(&args));
+    let before = args.pid.and_then(rss_kb);
+    let gate = Arc::new(tokio::sync::Semaphore::new(64));
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(k);
+    for _ in 0..k {
+        let (args, connector, line, gate) =
+            (args.clone(), connector.clone(), line.clone(), gate.clone());
+        tasks.push(tokio::spawn(async move {
+            let _permit = gate.acquire_owned().await.expect("semaphore");
+            setup(&args, connector.as_ref(), &line).await
+        }));
+    }
+    let mut conns = Vec::with_capacity(k);
+    let mut last_err = String::new();
+    for t in tasks {
+        match t.await.expect("task") {
+            Ok(c) => conns.push(c),
+            Err(e) => last_err = e,
+        }
+    }
+    let connect_secs = started.elapsed().as_secs_f64();
+    if conns.len() < k {
+        return json!({"scenario": "idle", "error": format!("{} of {k} connected: {last_err}", conns.len())});
+    }
+    // Let the target settle every connection before sampling its memory.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let idle = args.pid.and_then(rss_kb);
+    // One burst per connection: a PUB of --burst bytes, then PING; the PONG says it went through.
+    let mut msg = format!("PUB idle.burst {}\r\n", args.burst).into_bytes();
+    msg.resize(msg.len() + args.burst, b'x');
+    msg.extend_from_slice(b"\r\nPING\r\n");
+    let msg = Arc::new(msg);
+    let mut tasks = Vec::with_capacity(k);
+    for mut c in conns {
+        let (gate, msg) = (gate.clone(), msg.clone());
+        tasks.push(tokio::spawn(async move {
+            let permit = gate.acquire_owned().await.expect("semaphore");
+            c.write_all(&msg).await.map_err(|e| e.to_string())?;
+            c.flush().await.map_err(|e| e.to_string())?;
+            let mut buf = Vec::new();
+            if !read_until(&mut c, &mut buf, b"PONG\r\n").await {
+                return Err("no PONG after the burst".to_string());
+            }
+            drop(permit);
+            Ok::<_, String>(c)
+        }));
+    }
+    let mut conns = Vec::with_capacity(k);
+    for t in tasks {
+        match t.await.expect("task") {
+            Ok(c) => conns.push(c),
+            Err(e) => last_err = e,
+        }
+    }
+    if conns.len() < k {
+        return json!({"scenario": "idle", "error": format!("{} of {k} survived the burst: {last_err}", conns.len())});
+    }
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let after = args.pid.and_then(rss_kb);
+    let per = |x: Option<u64>| match (before, x) {
+        (Some(b), Some(a)) => Some((a as f64 - b as f64) * 1024.0 / k as f64),
+        _ => None,
+    };
+    let out = json!({
+        "scenario": "idle",
+        "clients": k,
+        "connect_secs": connect_secs,
+        "rss_before_kb": before,
+        "rss_idle_kb": idle,
+        "rss_after_burst_kb": after,
+        "idle_bytes_per_conn": per(idle),
+        "after_burst_bytes_per_conn": per(after),
+    });
+    drop(conns);
+    out
 }

@@ -1,6 +1,8 @@
 //! The spliced byte stream after CONNECT: both directions at once, bounded buffers, byte counts,
 //! half-close propagation, and the upstream's verdict read in passing.
 
+use std::future::Future;
+use std::task::Poll;
 use std::time::Duration;
 
 use metrics::Counter;
@@ -11,14 +13,12 @@ use crate::metrics::{AuthResult, Metrics};
 use crate::protocol::{ServerStream, Verdict};
 use crate::stream::Stream;
 
-/// Per-direction buffer to start with: enough for any burst of small messages, and cheap for
-/// the many connections that never carry bulk (it is not zeroed, so untouched pages cost no
-/// memory).
+/// The buffer a burst starts with: enough for any burst of small messages. Taken from the
+/// worker's pool when the socket has bytes, given back when it would block.
 pub(crate) const BUFFER_START: usize = 16 * 1024;
-/// The largest per-direction buffer. A buffer doubles each time one read fills it, so a bulk
-/// publisher moves 256 KiB per syscall pair (32 KiB measured 0.72 of direct on 16 KiB
-/// publishes, growing to 256 KiB 0.79; see BENCHMARKS.md), while an established connection
-/// still costs a bounded, known amount of memory.
+/// The buffer a direction switches to once a read fills the small one: a bulk publisher moves
+/// 256 KiB per syscall pair (32 KiB measured 0.72 of direct on 16 KiB publishes, 256 KiB
+/// 0.79; see BENCHMARKS.md). Given back like the small one when the socket would block.
 pub(crate) const BUFFER_SIZE: usize = 256 * 1024;
 
 /// Once upstream has closed, how long the client may keep its side open before natsgate
@@ -177,6 +177,11 @@ fn follow_server(
 
 /// Copies one direction until EOF, then propagates the half-close. `transform` may replace
 /// a chunk (INFO rewriting); byte counts are of what was read.
+///
+/// A buffer is held only while bytes are in flight: each read takes one from the worker's
+/// pool (or keeps the one of the previous chunk) and gives it back when the socket would
+/// block, so an idle connection holds none. The waker is registered by the inner read, so
+/// giving the buffer back on `Pending` loses nothing (`AsyncRead` reads nothing on `Pending`).
 async fn pump<R, W>(
     r: &mut R,
     w: &mut W,
@@ -188,21 +193,26 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut buf: Vec<u8> = Vec::with_capacity(BUFFER_START);
+    let mut held: Option<pool::Buffer> = None;
+    // Whether the next burst starts with the large buffer: set when a read fills the small
+    // one, cleared when a read uses less than half of the small one.
+    let mut large = false;
     loop {
-        buf.clear();
-        // Reads into the spare capacity: no zeroing, no per-read allocation.
-        let n = r.read_buf(&mut buf).await?;
+        let buf = read_pooled(r, &mut held, large).await?;
+        let n = buf.len();
         if n == 0 {
+            drop(held.take());
             // Half-close: the peer may still have bytes to send the other way.
             let _ = w.shutdown().await;
             return Ok(());
         }
-        if n == buf.capacity() && n < BUFFER_SIZE {
-            buf.reserve_exact((2 * n).min(BUFFER_SIZE) - n);
+        if n == BUFFER_START && !large {
+            large = true;
+        } else if n <= BUFFER_START / 2 {
+            large = false;
         }
-        let rewritten = transform(&buf[..n]);
-        let out = rewritten.as_deref().unwrap_or(&buf[..n]);
+        let rewritten = transform(buf);
+        let out = rewritten.as_deref().unwrap_or(buf);
         // TLS streams buffer records until flushed; plain TCP flush is a no-op. The timer
         // is only armed when the write does not complete at once (Timeout polls it first).
         let write = async {
@@ -220,5 +230,232 @@ where
         }
         counter.increment(n as u64);
         *total += n as u64;
+    }
+}
+
+/// One read into a pooled buffer: the buffer of the previous chunk if there is one (and it is
+/// of the wanted size), otherwise one from the pool; given back to the pool if the read would
+/// block or fails. Returns the bytes read (empty at EOF), left in `held`.
+async fn read_pooled<'h, R: AsyncRead + Unpin>(
+    r: &mut R,
+    held: &'h mut Option<pool::Buffer>,
+    large: bool,
+) -> std::io::Result<&'h [u8]> {
+    let want = if large { BUFFER_SIZE } else { BUFFER_START };
+    std::future::poll_fn(|cx| {
+        let mut buf = match held.take() {
+            Some(b) if b.capacity() == want => b,
+            _ => pool::Buffer::take(want),
+        };
+        buf.vec().clear();
+        let polled = {
+            let read = r.read_buf(buf.vec());
+            std::pin::pin!(read).poll(cx)
+        };
+        match polled {
+            Poll::Pending => Poll::Pending, // `buf` goes back to the pool here
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Ready(Ok(_)) => {
+                *held = Some(buf);
+                Poll::Ready(Ok(()))
+            }
+        }
+    })
+    .await?;
+    Ok(held.as_deref().unwrap_or(&[]))
+}
+
+/// Per-worker pools of relay buffers. A buffer not in use by a read or write in flight is
+/// either here (bounded, so a burst of many connections at once returns its memory to the
+/// allocator afterwards) or freed.
+pub(crate) mod pool {
+    use std::cell::RefCell;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::{BUFFER_SIZE, BUFFER_START};
+
+    /// Buffers kept per worker thread: enough for the connections of one worker that are in
+    /// a burst at the same moment on a busy proxy, small against the per-connection memory
+    /// they replace (at most 8 × 16 KiB + 2 × 256 KiB = 640 KiB per worker).
+    const KEEP_SMALL: usize = 8;
+    const KEEP_LARGE: usize = 2;
+
+    /// Buffers out of the pools, held by a connection that has bytes in flight.
+    static HELD: AtomicUsize = AtomicUsize::new(0);
+
+    /// Small buffers, large buffers.
+    type Pools = (Vec<Vec<u8>>, Vec<Vec<u8>>);
+
+    thread_local! {
+        static POOL: RefCell<Pools> = const { RefCell::new((Vec::new(), Vec::new())) };
+    }
+
+    /// How many buffers connections hold right now (all workers).
+    #[cfg(test)]
+    pub(crate) fn held() -> usize {
+        HELD.load(Ordering::Relaxed)
+    }
+
+    /// A buffer taken from the pool; goes back (or is freed) on drop.
+    #[derive(Debug)]
+    pub(crate) struct Buffer(Vec<u8>);
+
+    impl Buffer {
+        /// A buffer of `capacity` (`BUFFER_START` or `BUFFER_SIZE`): pooled if one is there,
+        /// otherwise a fresh one (not zeroed: untouched pages cost no memory).
+        pub(crate) fn take(capacity: usize) -> Buffer {
+            let pooled = POOL
+                .try_with(|p| {
+                    let mut p = p.borrow_mut();
+                    let list = if capacity == BUFFER_SIZE {
+                        &mut p.1
+                    } else {
+                        &mut p.0
+                    };
+                    list.pop()
+                })
+                .ok()
+                .flatten();
+            HELD.fetch_add(1, Ordering::Relaxed);
+            Buffer(pooled.unwrap_or_else(|| Vec::with_capacity(capacity)))
+        }
+
+        pub(crate) fn vec(&mut self) -> &mut Vec<u8> {
+            &mut self.0
+        }
+
+        pub(crate) fn capacity(&self) -> usize {
+            self.0.capacity()
+        }
+    }
+
+    impl std::ops::Deref for Buffer {
+        type Target = [u8];
+        fn deref(&self) -> &[u8] {
+            &self.0
+        }
+    }
+
+    impl Drop for Buffer {
+        fn drop(&mut self) {
+            HELD.fetch_sub(1, Ordering::Relaxed);
+            let mut v = std::mem::take(&mut self.0);
+            v.clear();
+            let _ = POOL.try_with(|p| {
+                let mut p = p.borrow_mut();
+                let (list, keep) = match v.capacity() {
+                    BUFFER_SIZE => (&mut p.1, KEEP_LARGE),
+                    BUFFER_START => (&mut p.0, KEEP_SMALL),
+                    _ => return,
+                };
+                if list.len() < keep {
+                    list.push(v);
+                }
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+    use tokio_util::sync::CancellationToken;
+
+    use super::{pool, relay};
+    use crate::metrics::Metrics;
+    use crate::protocol::{ServerStream, TlsAdvert};
+    use crate::stream::Stream;
+
+    async fn pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let a = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (b, _) = l.accept().await.unwrap();
+        (a, b)
+    }
+
+    async fn until_no_buffer_held() -> bool {
+        for _ in 0..200 {
+            if pool::held() == 0 {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        false
+    }
+
+    /// An established connection that went idle after a burst in each direction (large
+    /// enough to switch to the 256 KiB buffer) holds no relay buffer, while it stays open.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_idle_connection_holds_no_buffer_after_a_burst() {
+        let (mut client, client_side) = pair().await;
+        let (upstream_side, mut upstream) = pair().await;
+        let metrics = Metrics::new();
+        let stop = CancellationToken::new();
+        let relayed = {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let server = ServerStream::new(TlsAdvert::None, false);
+                relay(
+                    Stream::Plain(client_side),
+                    Stream::Plain(upstream_side),
+                    server,
+                    &metrics,
+                    &stop,
+                )
+                .await
+            })
+        };
+        assert!(
+            until_no_buffer_held().await,
+            "no burst yet, yet buffers are held"
+        );
+
+        let burst = vec![b'x'; 1024 * 1024];
+        let mut got = vec![0u8; burst.len()];
+        let (_, read) = tokio::join!(client.write_all(&burst), upstream.read_exact(&mut got));
+        read.unwrap();
+        let (_, read) = tokio::join!(upstream.write_all(&burst), client.read_exact(&mut got));
+        read.unwrap();
+        assert_eq!(got, burst);
+
+        assert!(
+            until_no_buffer_held().await,
+            "an idle established connection still holds {} buffer(s) after its burst",
+            pool::held()
+        );
+        // Still established: a later message goes through.
+        client.write_all(b"PING\r\n").await.unwrap();
+        let mut ping = [0u8; 6];
+        upstream.read_exact(&mut ping).await.unwrap();
+        assert_eq!(&ping, b"PING\r\n");
+        assert!(!relayed.is_finished());
+        stop.cancel();
+        let outcome = relayed.await.unwrap();
+        assert_eq!(outcome.client_to_upstream, burst.len() as u64 + 6);
+        assert_eq!(outcome.upstream_to_client, burst.len() as u64);
+        assert_eq!(pool::held(), 0);
+    }
+
+    /// The relay future is what an idle established connection holds besides its sockets.
+    #[tokio::test]
+    async fn the_relay_future_stays_small() {
+        let (_client, client_side) = pair().await;
+        let (upstream_side, _upstream) = pair().await;
+        let metrics = Metrics::new();
+        let stop = CancellationToken::new();
+        let server = ServerStream::new(TlsAdvert::None, false);
+        let fut = relay(
+            Stream::Plain(client_side),
+            Stream::Plain(upstream_side),
+            server,
+            &metrics,
+            &stop,
+        );
+        let size = std::mem::size_of_val(&fut);
+        eprintln!("relay future: {size} bytes");
+        assert!(size <= 2048, "the relay future is {size} bytes");
     }
 }

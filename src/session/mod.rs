@@ -37,10 +37,28 @@ pub(crate) async fn serve(
 ) {
     let accepted = Instant::now();
     let config = shared.config.load_full();
+    // Boxed: the pending state is the largest part of a connection's task and is dropped once
+    // the connection is established, so an established connection no longer carries it.
+    let pending = pend(&shared, &config, tcp, peer, &mut admission, accepted);
+    if let Some((client, established, info_sent, log)) = Box::pin(pending).await {
+        admission.established();
+        relay_to_end(&shared, client, established, info_sent, &log).await;
+    }
+}
+
+/// The pending phase up to an established connection (or a refusal, answered and logged here).
+async fn pend(
+    shared: &Shared,
+    config: &crate::config::Config,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    admission: &mut Admission,
+    accepted: Instant,
+) -> Option<(Stream, Established<Stream>, usize, CloseLog)> {
     let local = tcp.local_addr().unwrap_or(peer);
     let _ = tcp.set_nodelay(true);
     let id = admission.id();
-    let mut pending = Pending::new(&shared, &config, &shared.upstreams, tcp, (peer, local), id);
+    let mut pending = Pending::new(shared, config, &shared.upstreams, tcp, (peer, local), id);
     let phases = async {
         // Behind a load balancer the client's own address comes first: from then on it is the
         // client's address everywhere, the per-address limit included.
@@ -57,23 +75,23 @@ pub(crate) async fn serve(
         _ = shared.stop_pending.cancelled() => Err(Refusal::Shutdown),
     };
     let log = CloseLog {
-        id: admission.id(),
+        id,
         peer: pending.client_addr(),
         accepted,
     };
     match result {
-        Err(refusal) => refuse(&shared, pending, refusal, &log).await,
+        Err(refusal) => {
+            refuse(shared, pending, refusal, &log).await;
+            None
+        }
         Ok(established) => {
             let info_sent = pending.info_sent();
-            let Some(client) = pending.into_client() else {
-                return;
-            };
+            let client = pending.into_client()?;
             shared
                 .metrics
                 .connect_wait
                 .record(accepted.elapsed().as_secs_f64());
-            admission.established();
-            relay_to_end(&shared, client, established, info_sent, &log).await;
+            Some((client, established, info_sent, log))
         }
     }
 }
