@@ -10,6 +10,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{self, Config, DialMode};
+use crate::lameduck::LameDuck;
 use crate::metrics::Metrics;
 use crate::shared::{ClientTls, Shared};
 use crate::tls::{self, TlsFiles};
@@ -99,6 +100,7 @@ impl Gateway {
                 None,
             )),
         };
+        let stop_pending = CancellationToken::new();
         Ok(Gateway {
             websocket,
             shared: Arc::new(Shared {
@@ -108,7 +110,8 @@ impl Gateway {
                 client_tls,
                 signer,
                 limits: Arc::default(),
-                stop_pending: CancellationToken::new(),
+                lame_duck: LameDuck::new(stop_pending.clone()),
+                stop_pending,
                 stop_all: CancellationToken::new(),
             }),
             tls: Arc::new(files),
@@ -196,7 +199,6 @@ impl Gateway {
         if let Some((certs, expiry)) = websocket.as_ref().and_then(|(w, _)| w.certs()) {
             background.spawn(tls::watch(certs, expiry, CERT_POLL_INTERVAL));
         }
-        let stop = shared.stop_pending.clone();
         let (tcp_shared, ws_shared) = (shared.clone(), shared.clone());
         let accept = async move {
             let ws = async move {
@@ -212,8 +214,8 @@ impl Gateway {
         tokio::select! {
             _ = &mut accept => {}
             _ = shutdown => {
-                tracing::info!("shutdown requested: no new connections; draining");
-                stop.cancel();
+                tracing::info!("shutdown requested: no new connections; lame duck mode, draining");
+                shared.begin_shutdown();
                 accept.await;
             }
         }
@@ -231,7 +233,7 @@ impl Handle {
 
     /// Starts a graceful shutdown, as SIGTERM does.
     pub fn shutdown(&self) {
-        self.shared.stop_pending.cancel();
+        self.shared.begin_shutdown();
     }
 
     /// Re-reads the configuration file and the TLS material (SIGHUP). Timeouts and limits

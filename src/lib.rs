@@ -22,6 +22,7 @@
 //! | `upstream`   | dialing the cluster, PROXY header, upstream TLS, reading INFO |
 //! | `limits`     | connection limits checked at accept |
 //! | `listener`   | accept loop, graceful shutdown |
+//! | `lameduck`   | natsgate's own lame duck mode: announce, then close spread over the drain |
 //! | `session`    | one connection: the pending phases, then the hand-off to the relay |
 //! | `relay`      | the spliced byte stream, byte counts, half-close |
 //! | [`metrics`]  | metric names, the Prometheus recorder, the `process_*` series |
@@ -39,6 +40,7 @@ mod admin;
 pub mod config;
 pub mod fdlimit;
 pub mod gateway;
+mod lameduck;
 mod limits;
 mod listener;
 mod logsummary;

@@ -83,6 +83,13 @@ impl Limits {
         true
     }
 
+    /// Established connections now.
+    pub(crate) fn established(&self) -> usize {
+        self.open
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.pending.load(Ordering::Relaxed))
+    }
+
     /// Connections open now (pending and established).
     pub(crate) fn open(&self) -> usize {
         self.open.load(Ordering::Relaxed)

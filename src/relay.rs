@@ -2,13 +2,17 @@
 //! half-close propagation, and the upstream's verdict read in passing.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard};
 use std::task::Poll;
 use std::time::Duration;
 
 use metrics::Counter;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::lameduck::LameDuck;
 use crate::metrics::{AuthResult, Metrics};
 use crate::protocol::{ServerStream, Verdict};
 use crate::stream::Stream;
@@ -67,7 +71,7 @@ pub(crate) async fn relay(
     upstream: Stream,
     server: ServerStream,
     metrics: &Metrics,
-    stop: &CancellationToken,
+    stop: Stop<'_>,
 ) -> Outcome {
     match (client, upstream) {
         // Plain on both sides (the common sidecar case): borrowed halves, no lock per poll.
@@ -84,14 +88,35 @@ pub(crate) async fn relay(
     }
 }
 
+/// How a relay learns that natsgate stops: lame duck mode first (announce, then close at this
+/// connection's slot of the drain), and the end of the drain as the last word.
+#[derive(Clone, Copy)]
+pub(crate) struct Stop<'a> {
+    pub(crate) lame_duck: &'a LameDuck,
+    /// Fired when the drain period is over: close at once.
+    pub(crate) now: &'a CancellationToken,
+}
+
+/// How a pump learns of an interjection: woken by the `Notify`, it asks the closure for the
+/// bytes (which gives them only at an op boundary).
+type Interjection<'a> = (&'a Notify, &'a (dyn Fn() -> Option<Vec<u8>> + Sync));
+
+/// Something natsgate itself has to tell the client (the lame-duck INFO): `due` is set and
+/// `wake` notified; the downstream pump writes it at the next op boundary.
+#[derive(Default)]
+struct Interject {
+    due: AtomicBool,
+    wake: Notify,
+}
+
 pub(crate) async fn relay_halves<CR, CW, UR, UW>(
     mut cr: CR,
     mut cw: CW,
     mut ur: UR,
     mut uw: UW,
-    mut server: ServerStream,
+    server: ServerStream,
     metrics: &Metrics,
-    stop: &CancellationToken,
+    stop: Stop<'_>,
 ) -> Outcome
 where
     CR: AsyncRead + Unpin,
@@ -102,6 +127,10 @@ where
     let mut c2u = 0u64;
     let mut u2c = 0u64;
     let mut verdict: Option<Verdict> = None;
+    // Shared by the downstream pump (feeding it) and the loop (the lame-duck INFO's rewrite);
+    // never contended: both run in this one task.
+    let server = Mutex::new(server);
+    let interject = Interject::default();
 
     let end = {
         let up = pump(
@@ -110,20 +139,33 @@ where
             &metrics.client_to_upstream,
             &mut c2u,
             |_| None,
+            None,
         );
+        // The lame-duck INFO, once it is due and the stream is between two ops.
+        let announce = || {
+            let server = locked(&server);
+            let ready = server.at_op_boundary() && interject.due.swap(false, Ordering::Relaxed);
+            ready.then(|| stop.lame_duck.announcement(server.rewrite()))
+        };
         let down = pump(
             &mut ur,
             &mut cw,
             &metrics.upstream_to_client,
             &mut u2c,
-            |bytes| follow_server(&mut server, &mut verdict, metrics, bytes),
+            |bytes| follow_server(&mut locked(&server), &mut verdict, metrics, bytes),
+            Some((&interject.wake, &announce)),
         );
         tokio::pin!(up, down);
         let mut up_done = false;
         let mut down_done = false;
-        let grace = tokio::time::sleep(Duration::from_secs(86_400));
-        let stopped = stop.cancelled();
-        tokio::pin!(grace, stopped);
+        // One timer for both deadlines a relay can have (a future's size is memory every
+        // idle connection holds): the upstream-closed grace and the lame-duck close.
+        let timer = tokio::time::sleep(Duration::from_secs(86_400));
+        let mut grace_at: Option<tokio::time::Instant> = None;
+        let mut close_at: Option<tokio::time::Instant> = None;
+        let stopped = stop.now.cancelled();
+        let lame = stop.lame_duck.signal.cancelled();
+        tokio::pin!(timer, stopped, lame);
         loop {
             tokio::select! {
                 r = &mut up, if !up_done => match r {
@@ -136,10 +178,23 @@ where
                     Ok(()) if up_done => break RelayEnd::ClientClosed,
                     Ok(()) => {
                         down_done = true;
-                        grace.as_mut().reset(tokio::time::Instant::now() + UPSTREAM_CLOSED_GRACE);
+                        grace_at = Some(tokio::time::Instant::now() + UPSTREAM_CLOSED_GRACE);
+                        timer.as_mut().reset(earliest(grace_at, close_at));
                     }
                 },
-                _ = &mut grace, if down_done => break RelayEnd::UpstreamClosed,
+                _ = &mut lame, if close_at.is_none() => {
+                    interject.due.store(true, Ordering::Relaxed);
+                    interject.wake.notify_one();
+                    close_at = Some(stop.lame_duck.close_at());
+                    timer.as_mut().reset(earliest(grace_at, close_at));
+                }
+                _ = &mut timer, if grace_at.is_some() || close_at.is_some() => {
+                    let now = tokio::time::Instant::now();
+                    break match close_at {
+                        Some(t) if t <= now => RelayEnd::Shutdown,
+                        _ => RelayEnd::UpstreamClosed,
+                    };
+                }
                 _ = &mut stopped => break RelayEnd::Shutdown,
             }
         }
@@ -188,6 +243,7 @@ async fn pump<R, W>(
     counter: &Counter,
     total: &mut u64,
     mut transform: impl FnMut(&[u8]) -> Option<Vec<u8>>,
+    interject: Option<Interjection<'_>>,
 ) -> std::io::Result<()>
 where
     R: AsyncRead + Unpin,
@@ -198,7 +254,20 @@ where
     // one, cleared when a read uses less than half of the small one.
     let mut large = false;
     loop {
-        let buf = read_pooled(r, &mut held, large).await?;
+        let buf = match interject {
+            None => read_pooled(r, &mut held, large).await?,
+            Some((wake, interjection)) => {
+                if let Some(bytes) = interjection() {
+                    write_within_limit(w, &bytes).await?;
+                    counter.increment(bytes.len() as u64);
+                    *total += bytes.len() as u64;
+                }
+                tokio::select! {
+                    r = read_pooled(r, &mut held, large) => r?,
+                    _ = wake.notified() => continue,
+                }
+            }
+        };
         let n = buf.len();
         if n == 0 {
             drop(held.take());
@@ -213,23 +282,42 @@ where
         }
         let rewritten = transform(buf);
         let out = rewritten.as_deref().unwrap_or(buf);
-        // TLS streams buffer records until flushed; plain TCP flush is a no-op. The timer
-        // is only armed when the write does not complete at once (Timeout polls it first).
-        let write = async {
-            w.write_all(out).await?;
-            w.flush().await
-        };
-        match tokio::time::timeout(WRITE_STALL_LIMIT, write).await {
-            Ok(r) => r?,
-            Err(_) => {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    "peer stopped reading",
-                ))
-            }
-        }
+        write_within_limit(w, out).await?;
         counter.increment(n as u64);
         *total += n as u64;
+    }
+}
+
+fn earliest(
+    a: Option<tokio::time::Instant>,
+    b: Option<tokio::time::Instant>,
+) -> tokio::time::Instant {
+    match (a, b) {
+        (Some(a), Some(b)) => a.min(b),
+        (a, b) => a
+            .or(b)
+            .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(86_400)),
+    }
+}
+
+fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Writes and flushes, or fails when the peer accepts nothing for [`WRITE_STALL_LIMIT`]. TLS
+/// streams buffer records until flushed; plain TCP flush is a no-op. The timer is only armed
+/// when the write does not complete at once (`Timeout` polls it first).
+async fn write_within_limit<W: AsyncWrite + Unpin>(w: &mut W, out: &[u8]) -> std::io::Result<()> {
+    let write = async {
+        w.write_all(out).await?;
+        w.flush().await
+    };
+    match tokio::time::timeout(WRITE_STALL_LIMIT, write).await {
+        Ok(r) => r,
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "peer stopped reading",
+        )),
     }
 }
 
@@ -364,7 +452,8 @@ mod tests {
     use tokio::net::{TcpListener, TcpStream};
     use tokio_util::sync::CancellationToken;
 
-    use super::{pool, relay};
+    use super::{pool, relay, RelayEnd, Stop};
+    use crate::lameduck::LameDuck;
     use crate::metrics::Metrics;
     use crate::protocol::{ServerStream, TlsAdvert};
     use crate::stream::Stream;
@@ -398,12 +487,17 @@ mod tests {
             let stop = stop.clone();
             tokio::spawn(async move {
                 let server = ServerStream::new(TlsAdvert::None, false);
+                let lame = LameDuck::new(CancellationToken::new());
+                let stop = Stop {
+                    lame_duck: &lame,
+                    now: &stop,
+                };
                 relay(
                     Stream::Plain(client_side),
                     Stream::Plain(upstream_side),
                     server,
                     &metrics,
-                    &stop,
+                    stop,
                 )
                 .await
             })
@@ -447,15 +541,93 @@ mod tests {
         let metrics = Metrics::new();
         let stop = CancellationToken::new();
         let server = ServerStream::new(TlsAdvert::None, false);
+        let lame = LameDuck::new(CancellationToken::new());
+        let stop = Stop {
+            lame_duck: &lame,
+            now: &stop,
+        };
         let fut = relay(
             Stream::Plain(client_side),
             Stream::Plain(upstream_side),
             server,
             &metrics,
-            &stop,
+            stop,
         );
         let size = std::mem::size_of_val(&fut);
         eprintln!("relay future: {size} bytes");
-        assert!(size <= 2048, "the relay future is {size} bytes");
+        // 2 KiB, plus what lame duck mode needs (its signal, the wake-up, the flag).
+        assert!(size <= 2048 + 64, "the relay future is {size} bytes");
+    }
+
+    /// natsgate's own lame duck mode: the client gets `"ldm": true` in an asynchronous INFO at
+    /// once, but never inside a message (here: in the middle of a MSG payload it waits for the
+    /// payload's end), and the connection is closed at its slot of the drain.
+    #[tokio::test]
+    async fn lame_duck_announces_between_ops_then_closes_at_its_slot() {
+        let (mut client, client_side) = pair().await;
+        let (upstream_side, mut upstream) = pair().await;
+        let metrics = Metrics::new();
+        let signal = CancellationToken::new();
+        let lame = std::sync::Arc::new(LameDuck::new(signal.clone()));
+        let relayed = {
+            let lame = lame.clone();
+            tokio::spawn(async move {
+                let now = CancellationToken::new();
+                let server = ServerStream::new(TlsAdvert::None, true);
+                let stop = Stop {
+                    lame_duck: &lame,
+                    now: &now,
+                };
+                let started = tokio::time::Instant::now();
+                let out = relay(
+                    Stream::Plain(client_side),
+                    Stream::Plain(upstream_side),
+                    server,
+                    &metrics,
+                    stop,
+                )
+                .await;
+                (out.end, started.elapsed())
+            })
+        };
+        upstream.write_all(b"MSG a 1 10\r\n01234").await.unwrap();
+        let mut got = vec![0u8; 17];
+        client.read_exact(&mut got).await.unwrap();
+        let latest = crate::protocol::parse_info(
+            b"INFO {\"server_id\":\"S\",\"nonce\":\"n\",\"client_id\":7}",
+        )
+        .unwrap();
+        lame.begin(Duration::from_millis(600), 1, Some(&latest));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        upstream.write_all(b"56789\r\n").await.unwrap();
+        let mut rest = vec![0u8; 7];
+        client.read_exact(&mut rest).await.unwrap();
+        assert_eq!(rest, b"56789\r\n", "the payload is never split by the INFO");
+        let info = {
+            let mut line = Vec::new();
+            let mut b = [0u8; 1];
+            while client.read(&mut b).await.unwrap() == 1 {
+                line.push(b[0]);
+                if b[0] == b'\n' {
+                    break;
+                }
+            }
+            String::from_utf8(line).unwrap()
+        };
+        assert!(
+            info.starts_with("INFO {") && info.contains("\"ldm\":true"),
+            "{info}"
+        );
+        assert!(
+            !info.contains("nonce") && !info.contains("client_id"),
+            "{info}"
+        );
+        let (end, lived) = relayed.await.unwrap();
+        assert!(matches!(end, RelayEnd::Shutdown), "{end:?}");
+        // One connection: slot 1 of 1 closes at half the 600 ms drain.
+        assert!(
+            lived >= Duration::from_millis(250) && lived < Duration::from_millis(600),
+            "{lived:?}"
+        );
     }
 }

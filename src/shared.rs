@@ -10,6 +10,7 @@ use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, HandshakeFirst};
+use crate::lameduck::LameDuck;
 use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::protocol::{self, TlsAdvert};
@@ -48,9 +49,23 @@ pub(crate) struct Shared {
     pub(crate) stop_pending: CancellationToken,
     /// Fired when the drain period is over: close everything.
     pub(crate) stop_all: CancellationToken,
+    /// Lame duck mode on natsgate's own shutdown; its signal is `stop_pending`.
+    pub(crate) lame_duck: LameDuck,
 }
 
 impl Shared {
+    /// Starts a graceful shutdown: lame duck mode for established connections (announce, then
+    /// close spread over `shutdown.drain_timeout`), pending connections closed, `/readyz` 503.
+    pub(crate) fn begin_shutdown(&self) {
+        if self.stop_pending.is_cancelled() {
+            return;
+        }
+        let drain = self.config.load().shutdown.drain_timeout;
+        let latest = self.upstreams.latest_info();
+        let established = self.limits.established();
+        self.lame_duck.begin(drain, established, latest.as_deref());
+    }
+
     /// What INFO tells clients of the TCP listener about TLS: natsgate's own listener, not the
     /// upstream's.
     pub(crate) fn advert(&self) -> TlsAdvert {

@@ -142,6 +142,13 @@ impl ServerStream {
     }
 
     /// The verdict on CONNECT, once the first non-INFO op has been seen.
+    /// Between two server ops, in sync: an asynchronous INFO written now splits nothing.
+    pub fn at_op_boundary(&self) -> bool {
+        self.lost.is_none()
+            && matches!(self.state, State::Line { held: false })
+            && self.line.is_empty()
+    }
+
     pub fn verdict(&self) -> Option<Verdict> {
         self.verdict
     }

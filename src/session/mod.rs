@@ -145,7 +145,10 @@ async fn relay_to_end(
         established.upstream,
         server,
         &shared.metrics,
-        &shared.stop_all,
+        relay::Stop {
+            lame_duck: &shared.lame_duck,
+            now: &shared.stop_all,
+        },
     ))
     .await;
     outcome.client_to_upstream += established.forwarded as u64;

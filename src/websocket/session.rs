@@ -263,6 +263,10 @@ async fn relay_to_end(
     let server = ServerStream::with_rewrite(established.rewrite);
     let (cr, cw) = tokio::io::split(client);
     let metrics = &shared.metrics;
+    let stop = crate::relay::Stop {
+        lame_duck: &shared.lame_duck,
+        now: stop,
+    };
     // Boxed: the relay state exists only once the connection is established.
     let mut outcome = match established.upstream {
         Stream::Plain(mut tcp) => {
