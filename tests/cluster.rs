@@ -146,6 +146,8 @@ async fn hung_then_killed_member_two_hundred_clients_served_and_readiness_follow
     let mut members = NatsServer::cluster(3);
     let urls: Vec<String> = members.iter().map(|m| m.url()).collect();
     let proxy = ProxyConfig::new(&urls)
+        // The INFO (and its server_id) comes from the member that serves the client.
+        .set("upstream.dial", "on_accept")
         .window(1.5)
         .set("upstream.connect_timeout", 2)
         .start()
@@ -273,6 +275,8 @@ async fn full_member_is_skipped_and_two_hundred_clients_served() {
     let urls: Vec<String> = members.iter().map(|m| m.url()).collect();
     let full_id = members[1].server_id().await;
     let proxy = ProxyConfig::new(&urls)
+        // The INFO (and its server_id) comes from the member that serves the client.
+        .set("upstream.dial", "on_accept")
         .window(1.5)
         .set("upstream.connect_timeout", 2)
         .start()
@@ -333,7 +337,12 @@ async fn reloaded_servers_added_member_gets_traffic_removed_gets_none_establishe
         ids.push(m.server_id().await);
     }
     let name = |id: &str| ["A", "B", "C"][ids.iter().position(|i| i == id).unwrap()];
-    let config = |servers: &[String]| ProxyConfig::new(servers).window(2.0);
+    // on_accept: the INFO's server_id names the member that serves the client.
+    let config = |servers: &[String]| {
+        ProxyConfig::new(servers)
+            .window(2.0)
+            .set("upstream.dial", "on_accept")
+    };
     let proxy = config(&urls[..2]).start().await;
     all_up(&proxy, &urls[..2]).await;
 

@@ -272,9 +272,11 @@ async fn sigterm_stops_accepting_drains_established_then_exits_zero() {
     );
     assert_eq!(gate.status("/readyz").await, 503, "draining");
 
-    // The established client keeps working during the drain.
+    // Lame duck mode: the established client is told at once and keeps working until its slot
+    // of the drain (one client: half of the 4 s), then is closed; natsgate exits when the last
+    // connection has gone, not at the end of the drain.
     let mut answered = 0;
-    while signalled.elapsed() < Duration::from_millis(3000) {
+    while signalled.elapsed() < Duration::from_millis(1500) {
         requester
             .request("drain.echo", "during".into())
             .await
@@ -282,13 +284,13 @@ async fn sigterm_stops_accepting_drains_established_then_exits_zero() {
         answered += 1;
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(answered >= 10, "{answered}");
+    assert!(answered >= 5, "{answered}");
 
     let status = gate.wait().await;
     let exited = signalled.elapsed();
     assert_eq!(status.code(), Some(0));
     assert!(
-        exited >= Duration::from_millis(3500) && exited < Duration::from_secs(7),
+        exited >= Duration::from_millis(1900) && exited < Duration::from_millis(4500),
         "exited after {exited:?}"
     );
 }
