@@ -292,12 +292,10 @@ impl Upstreams {
                         Ok(conn) => {
                             self.metrics.upstream_connect.record(started.elapsed().as_secs_f64());
                             m.succeeded(self.now_ms());
-                            // Seed the latest INFO from a client's dial only until a probe has
-                            // seen one: the probe waits longer for a `-ERR` behind the INFO, so
-                            // a member at its limit never becomes the INFO natsgate serves.
-                            if self.latest_info.load().is_none() {
-                                self.latest_info.store(Some(Arc::new(conn.info.clone())));
-                            }
+                            // Every INFO a client's dial meets keeps natsgate's own INFO fresh:
+                            // a change of the upstream's configuration (nkey users added or
+                            // removed) applies to the next client, not after the next probe.
+                            self.latest_info.store(Some(Arc::new(conn.info.clone())));
                             for lost in &in_flight {
                                 lost.failed(self.now_ms(), "no INFO before another member answered");
                             }
