@@ -39,7 +39,7 @@ def materialize(text: str, root, certs) -> str:
 
 # The expected set: a new or vanished proxy.toml must show up here as a change.
 SHIPPED = ["image-default", "chart-default-0", "chart-ci-default-0", "chart-ci-monitoring-0",
-           "chart-ci-extras-0", "chart-ci-config-toml-0",
+           "chart-ci-extras-0", "chart-ci-config-toml-0", "chart-ci-websocket-0",
            "chart-ci-tls-0", "kustomize-sidecar-0", "kustomize-edge-0", "example-nats-sidecar-0"]
 
 
