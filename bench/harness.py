@@ -24,6 +24,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ROUNDS = int(os.environ.get("ROUNDS", "9"))
@@ -78,6 +79,8 @@ class Procs:
     def __init__(self):
         self.procs = []
         self.on_stop = []
+        self.nats = []  # (pid, monitoring port) of each nats-server started
+        self.admin = None  # natsgate's admin port
 
     def start(self, argv, name, port, env=None):
         log = open(os.path.join(OUT, f"{name}.log"), "ab")
@@ -104,23 +107,78 @@ def write(path, text):
     return path
 
 
-def start_nats(procs, port, tls=None, auth_timeout=10):
-    """nats-server with user/password auth. tls: None | 'classic' | 'first'."""
+def start_nats(procs, port, tls=None, auth_timeout=10, ws_port=None):
+    """nats-server with user/password auth (no nkeys: no nonce in INFO, so natsgate's `auto`
+    dial mode is after_connect) and its monitoring port (/varz). tls: None | 'classic' | 'first'.
+    ws_port: also its own websocket port (ws://, no TLS)."""
+    http = free_port()
     conf = [
         f"listen: 127.0.0.1:{port}",
+        f"http_port: {http}",
         "authorization { user: %s, password: %s, timeout: %d }" % (USER, PASS, auth_timeout),
         "max_connections: 100000",
     ]
+    if ws_port:
+        conf.append("websocket { host: 127.0.0.1, port: %d, no_tls: true }" % ws_port)
     if tls:
         conf.append(
             "tls { cert_file: \"%s/server.pem\", key_file: \"%s/server-key.pem\", timeout: 2%s }"
             % (CERTS, CERTS, ", handshake_first: true" if tls == "first" else "")
         )
     path = write(os.path.join(OUT, f"nats-{port}.conf"), "\n".join(conf) + "\n")
-    return procs.start([NATS, "-c", path], "nats-server", port)
+    p = procs.start([NATS, "-c", path], "nats-server", port)
+    if ws_port:
+        wait_port(ws_port, p, "nats-server websocket")
+    procs.nats.append((p.pid, http))
+    return p
 
 
-def start_natsgate(procs, port, upstream, tls=None, window=None, variant=None):
+def http_get(port, path, timeout=1.0):
+    """(status, body) of a local HTTP GET; (None, '') when it cannot connect."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, ""
+    except OSError:
+        return None, ""
+
+
+def varz(port):
+    code, body = http_get(port, "/varz")
+    return json.loads(body) if code == 200 else {}
+
+
+class VarzSampler:
+    """Polls nats-server's /varz every 50 ms during a measurement: peak `connections`, and
+    `total_connections` before and after."""
+
+    def __init__(self, port):
+        self.port = port
+        self.total0 = varz(port).get("total_connections")
+        self.peak = 0
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self):
+        while not self.done.is_set():
+            self.peak = max(self.peak, varz(self.port).get("connections", 0))
+            self.done.wait(0.05)
+
+    def stop(self):
+        self.done.set()
+        self.thread.join()
+        total1 = varz(self.port).get("total_connections")
+        delta = total1 - self.total0 if total1 is not None and self.total0 is not None else None
+        return self.peak, delta
+
+
+# natsgate targets "natsgate+on_accept" / "natsgate+after_connect" set [upstream] dial.
+DIAL_MODES = ("on_accept", "after_connect", "auto")
+
+
+def start_natsgate(procs, port, upstream, tls=None, window=None, variant=None, ws_port=None):
     """upstream: one port or a list of member ports."""
     admin = free_port()
     members = upstream if isinstance(upstream, list) else [upstream]
@@ -133,6 +191,7 @@ max_pending_per_ip = 100000
 
 [upstream]
 servers = [{servers}]
+{f'dial = "{variant}"' if variant in DIAL_MODES else ""}
 
 [admin]
 bind = "127.0.0.1:{admin}"
@@ -146,10 +205,24 @@ cert_file = "{CERTS}/server.pem"
 key_file = "{CERTS}/server-key.pem"
 handshake_first = {"true" if tls == "first" else "false"}
 """
+    if ws_port:
+        conf += f'\n[websocket]\nbind = "127.0.0.1:{ws_port}"\n'
     path = write(os.path.join(OUT, f"natsgate-{port}.toml"), conf)
     env = dict(VARIANTS.get(variant) or {})
-    binary = env.pop("NATSGATE_BIN", None) or (VARIANT_BIN if variant and VARIANT_BIN else NATSGATE)
-    return procs.start([binary, "--config", path], "natsgate", port, env)
+    binary = env.pop("NATSGATE_BIN", None) or (VARIANT_BIN if variant and VARIANT_BIN and variant not in DIAL_MODES else NATSGATE)
+    p = procs.start([binary, "--config", path], "natsgate", port, env)
+    procs.admin = admin
+    if ws_port:
+        wait_port(ws_port, p, "natsgate websocket")
+    # Measure only once natsgate is ready: /readyz 200 means a member answered a probe with
+    # INFO, which is also what after_connect builds its own INFO from (before it, natsgate
+    # dials on accept).
+    end = time.time() + 10
+    while http_get(admin, "/readyz")[0] != 200:
+        if time.time() > end:
+            raise RuntimeError("natsgate /readyz never 200")
+        time.sleep(0.05)
+    return p
 
 
 def start_haproxy(procs, port, upstream, tls=None):
@@ -230,6 +303,17 @@ def target(kind, procs, flood=False):
     elif kind.endswith("-tls"):
         tls = "classic"
     base = kind.split("-")[0]
+    if kind.endswith("-ws"):
+        # NATS over WebSocket (ws://): nats-server's own websocket port, or natsgate's
+        # [websocket] listener in front of nats-server's plain client port.
+        ws = free_port()
+        if base == "direct":
+            p = start_nats(procs, port, ws_port=ws)
+        else:
+            up = free_port()
+            start_nats(procs, up)
+            p = start_natsgate(procs, port, up, variant=variant or None, ws_port=ws)
+        return ws, None, p.pid
     if base == "direct":
         p = start_nats(procs, port, tls, auth_timeout=FLOOD_WINDOW if flood else 10)
         return port, tls, p.pid
@@ -255,6 +339,8 @@ TLS_IDLE = ["direct-tls", "natsgate-tls", "haproxy-tlsfirst"]
 RAW = ["rawconn", "--secs", str(C["raw_secs"]), "--conc", "2"]
 CLASSIC = ["direct-tls", "natsgate-tls"]
 FIRST = ["direct-tlsfirst", "natsgate-tlsfirst", "haproxy-tlsfirst"]
+DIAL = ["direct", "natsgate+on_accept", "natsgate+after_connect"]
+WS = ["direct-ws", "natsgate-ws"]
 
 # id, title, loadgen args, targets, metric, higher is better
 ROWS = [
@@ -269,6 +355,10 @@ ROWS = [
     ("idle", f"idle {IDLE_CLIENTS} established, bytes/conn", ["idle", "--clients", str(IDLE_CLIENTS)], PLAIN, "idle_bytes_per_conn", False),
     ("tls-idle", f"TLS idle {IDLE_CLIENTS} established, bytes/conn", ["idle", "--clients", str(IDLE_CLIENTS)], TLS_IDLE, "idle_bytes_per_conn", False),
     ("hung", "1 of 3 members hung: time to PONG p50, µs", ["rawconn", "--secs", str(C["raw_secs"]), "--conc", "8", "--conn-timeout", "2"], ["natsgate-hung", "haproxy-hung"], "p50_us", False),
+    ("flood-dial", f"flood {FLOOD_CLIENTS} silent clients, by upstream.dial", ["flood", "--clients", str(FLOOD_CLIENTS), "--window", str(FLOOD_WINDOW)], DIAL, "drop_p99_ms", False),
+    ("rawconn-dial", "rawconn setup by upstream.dial, conn/s", ["rawconn", "--secs", str(C["raw_secs"]), "--conc", "2"], DIAL, "conn_per_s", True),
+    ("wspub16k", "WebSocket pub 16 KiB, MB/s", ["wspub", "--size", "16384", "--count", str(C["pub16k"])], WS, "mb_per_s", True),
+    ("wsreq", "WebSocket request/reply p50, µs", ["wsreq", "--size", "128", "--count", str(C["req"])], WS, "p50_us", False),
     ("flood", f"flood {FLOOD_CLIENTS} silent clients", ["flood", "--clients", str(FLOOD_CLIENTS), "--window", str(FLOOD_WINDOW)], ["direct", "natsgate", "haproxy"], "drop_p99_ms", False),
 ]
 EXTRA = {  # secondary metrics shown in the table
@@ -282,6 +372,10 @@ EXTRA = {  # secondary metrics shown in the table
     "idle": ["after_burst_bytes_per_conn"],
     "tls-idle": ["after_burst_bytes_per_conn"],
     "hung": ["p99_us", "timeouts", "conn_per_s"],
+    "flood-dial": ["nats_conns_peak", "nats_total_conns_delta", "nats_cpu_s", "rss_per_conn_bytes", "drop_p50_ms", "drop_max_ms", "errors", "dialed_on_accept", "dialed_after_connect"],
+    "rawconn-dial": ["p50_us", "p99_us", "nats_cpu_s_per_1k_conns", "dialed_on_accept", "dialed_after_connect"],
+    "wspub16k": ["msgs_per_s"],
+    "wsreq": ["p90_us", "p99_us"],
 }
 # Proxy cost: CPU seconds of the proxy process per unit of work (derived per measurement).
 COST = {
@@ -290,6 +384,8 @@ COST = {
     "rawconn": ("cpu_s_per_1k_conns", lambda r, args: (r["conns"] + r.get("warmup_conns", 0)) / 1000),
     "tls-rawconn": ("cpu_s_per_1k_conns", lambda r, args: (r["conns"] + r.get("warmup_conns", 0)) / 1000),
     "tlsfirst-rawconn": ("cpu_s_per_1k_conns", lambda r, args: (r["conns"] + r.get("warmup_conns", 0)) / 1000),
+    "rawconn-dial": ("cpu_s_per_1k_conns", lambda r, args: (r["conns"] + r.get("warmup_conns", 0)) / 1000),
+    "wspub16k": ("cpu_s_per_gb", lambda r, args: r["bytes"] / 1e9),
 }
 for rid in list(COST):
     EXTRA.setdefault(rid, []).append(COST[rid][0])
@@ -320,9 +416,22 @@ def measure(rid, kind, args, flood=False):
             argv += ["--tls", tls, "--ca", os.path.join(CERTS, "ca.pem")]
         if flood or args[0] == "idle":
             argv += ["--pid", str(pid)]
-        cpu0 = cpu_s(pid)
+        # nats-server (the upstream; for direct targets the target itself): its CPU and, from
+        # /varz, its connection count during the measurement.
+        npid, nhttp = procs.nats[0]
+        sampler = VarzSampler(nhttp)
+        cpu0, ncpu0 = cpu_s(pid), cpu_s(npid)
         r = subprocess.run(argv, capture_output=True, text=True, timeout=300)
-        cpu1 = cpu_s(pid)
+        cpu1, ncpu1 = cpu_s(pid), cpu_s(npid)
+        peak, delta = sampler.stop()
+        dialed = {}
+        if procs.admin:
+            code, body = http_get(procs.admin, "/metrics")
+            for line in body.splitlines():
+                if line.startswith("natsgate_upstream_dial_mode_total{"):
+                    for mode in ("on_accept", "after_connect"):
+                        if f'"{mode}"' in line:
+                            dialed[f"dialed_{mode}"] = float(line.rsplit(" ", 1)[1])
         if r.returncode != 0:
             lines = (r.stderr or r.stdout).strip().splitlines()
             at = next((i for i, l in enumerate(lines) if "panicked" in l), 0)
@@ -330,6 +439,12 @@ def measure(rid, kind, args, flood=False):
         out = json.loads(r.stdout.strip().splitlines()[-1])
         # The watched process is the proxy (or nats-server itself for direct targets).
         out["proxy_cpu_s"] = cpu1 - cpu0
+        out["nats_cpu_s"] = ncpu1 - ncpu0
+        out["nats_conns_peak"] = peak
+        out["nats_total_conns_delta"] = delta
+        out.update(dialed)
+        if "conns" in out:
+            out["nats_cpu_s_per_1k_conns"] = out["nats_cpu_s"] / ((out["conns"] + out.get("warmup_conns", 0)) / 1000)
         if rid in COST and "error" not in out:
             name, units = COST[rid]
             if rid.startswith("pub") or "pub" in rid:
@@ -389,7 +504,7 @@ def main():
             targets = [t for t in targets if HAPROXY or not t.startswith("haproxy")]
             order = targets[rnd % len(targets):] + targets[: rnd % len(targets)]
             for kind in order:
-                r = measure(rid, kind, args, flood=(rid == "flood"))
+                r = measure(rid, kind, args, flood=rid.startswith("flood"))
                 r["round"] = rnd
                 results.setdefault((rid, kind), []).append(r)
                 shown = r.get(metric, r.get("error"))
@@ -416,7 +531,7 @@ def report(rows, results, started):
             for r in rs:
                 d = by_round.get(r["round"], {})
                 if r.get(metric) is not None and d.get(metric):
-                    if rid == "flood":
+                    if rid.startswith("flood"):
                         ratios = None
                         break
                     ratios.append(r[metric] / d[metric])
@@ -487,7 +602,7 @@ def chart(rows, results):
     path = os.environ.get("BENCH_CHART", os.path.join(OUT, "bench.png"))
     ids = {r[0] for r in rows}
     # Left: throughput/latency vs direct. Right: cost rows, natsgate and HAProxy against HAProxy.
-    speed = [(rid, title, metric) for rid, title, _, targets, metric, _ in rows if targets[0].startswith("direct") and rid not in ("flood", "idle", "tls-idle")]
+    speed = [(rid, title, metric) for rid, title, _, targets, metric, _ in rows if targets[0].startswith("direct") and rid not in ("flood", "flood-dial", "rawconn-dial", "idle", "tls-idle")]
     costs = [(rid, metric, short) for rid, metric, _, short in COST_ROWS if rid in ids]
     fig, axes = plt.subplots(1, 2, figsize=(15, 0.55 * max(len(speed), len(costs)) + 2.5))
     for ax, items, title in ((axes[0], speed, "vs direct nats-server, same round (1.0 = direct)"), (axes[1], costs, "cost vs HAProxy, same round (1.0 = HAProxy; lower is cheaper/faster)")):

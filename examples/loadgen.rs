@@ -27,6 +27,9 @@
 //!   once), then the target's RSS; then each client publishes one `--burst`-byte message and
 //!   reads a PONG (64 at a time) and all go idle again; RSS again. Per-connection bytes are
 //!   (RSS − RSS before the first connection) / clients.
+//! - `wspub`, `wsreq`: `pub` and `req` over NATS-over-WebSocket (`ws://`, `--addr` is the
+//!   WebSocket port): the raw NATS protocol in binary frames (tokio-tungstenite), one op per
+//!   frame, the same flow control and warm-up.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -47,6 +50,8 @@ enum Scenario {
     Rawconn,
     Flood,
     Idle,
+    Wspub,
+    Wsreq,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -119,6 +124,8 @@ fn main() {
             Scenario::Rawconn => run_rawconn(&args).await,
             Scenario::Flood => run_flood(&args).await,
             Scenario::Idle => run_idle(&args).await,
+            Scenario::Wspub => run_wspub(&args).await,
+            Scenario::Wsreq => run_wsreq(&args).await,
         }
     });
     println!("{out}");
@@ -697,4 +704,266 @@ async fn run_idle(args: &Args) -> serde_json::Value {
     });
     drop(conns);
     out
+}
+
+// ---- NATS over WebSocket (ws://): raw protocol in binary frames, tokio-tungstenite framing.
+
+type Ws = tokio_tungstenite::WebSocketStream<TcpStream>;
+type WsTx = futures::stream::SplitSink<Ws, tokio_tungstenite::tungstenite::Message>;
+type WsRx = futures::stream::SplitStream<Ws>;
+
+/// The unwrapped byte stream of a WebSocket NATS connection, parsed op by op.
+struct WsReader {
+    rx: WsRx,
+    buf: bytes::BytesMut,
+}
+
+enum Op {
+    Msg {
+        reply: Option<String>,
+        payload: bytes::Bytes,
+    },
+    Ping,
+    Pong,
+    Other(String),
+}
+
+impl WsReader {
+    async fn fill(&mut self) -> Result<(), String> {
+        use tokio_tungstenite::tungstenite::Message;
+        loop {
+            match self.rx.next().await {
+                Some(Ok(Message::Binary(b))) => {
+                    self.buf.extend_from_slice(&b);
+                    return Ok(());
+                }
+                Some(Ok(Message::Text(t))) => {
+                    self.buf.extend_from_slice(t.as_bytes());
+                    return Ok(());
+                }
+                Some(Ok(Message::Close(c))) => return Err(format!("closed: {c:?}")),
+                Some(Ok(_)) => continue, // ping/pong frames: tungstenite answers pings
+                Some(Err(e)) => return Err(e.to_string()),
+                None => return Err("eof".into()),
+            }
+        }
+    }
+
+    async fn next_op(&mut self) -> Result<Op, String> {
+        use bytes::Buf;
+        loop {
+            if let Some(eol) = memchr::memmem::find(&self.buf, b"\r\n") {
+                let line = std::str::from_utf8(&self.buf[..eol])
+                    .map_err(|e| e.to_string())?
+                    .to_string();
+                if let Some(rest) = line.strip_prefix("MSG ") {
+                    let parts: Vec<&str> = rest.split_whitespace().collect();
+                    let len: usize = parts.last().and_then(|l| l.parse().ok()).ok_or("bad MSG")?;
+                    let need = eol + 2 + len + 2;
+                    while self.buf.len() < need {
+                        self.fill().await?;
+                    }
+                    let reply = (parts.len() == 4).then(|| parts[2].to_string());
+                    self.buf.advance(eol + 2);
+                    let payload = self.buf.split_to(len).freeze();
+                    self.buf.advance(2);
+                    return Ok(Op::Msg { reply, payload });
+                }
+                self.buf.advance(eol + 2);
+                return Ok(match line.as_str() {
+                    "PING" => Op::Ping,
+                    "PONG" => Op::Pong,
+                    _ => Op::Other(line),
+                });
+            }
+            self.fill().await?;
+        }
+    }
+}
+
+async fn ws_send(tx: &mut WsTx, bytes: Vec<u8>) -> Result<(), String> {
+    use futures::SinkExt;
+    tx.send(tokio_tungstenite::tungstenite::Message::Binary(
+        bytes.into(),
+    ))
+    .await
+    .map_err(|e| e.to_string())
+}
+
+/// Upgrade, INFO, CONNECT+PING (one frame), PONG.
+async fn ws_connect(args: &Args) -> Result<(WsTx, WsReader), String> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let tcp = TcpStream::connect(&args.addr)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    tcp.set_nodelay(true).map_err(|e| e.to_string())?;
+    let req = format!("ws://{}/", args.addr)
+        .into_client_request()
+        .map_err(|e| e.to_string())?;
+    let (ws, _) = tokio_tungstenite::client_async(req, tcp)
+        .await
+        .map_err(|e| format!("upgrade: {e}"))?;
+    let (mut tx, rx) = ws.split();
+    let mut r = WsReader {
+        rx,
+        buf: bytes::BytesMut::with_capacity(1 << 16),
+    };
+    match r.next_op().await? {
+        Op::Other(l) if l.starts_with("INFO ") => {}
+        _ => return Err("no INFO".into()),
+    }
+    ws_send(&mut tx, connect_line(args)).await?;
+    loop {
+        match r.next_op().await? {
+            Op::Pong => break,
+            Op::Other(l) if l.starts_with("-ERR") => return Err(l),
+            _ => {}
+        }
+    }
+    Ok((tx, r))
+}
+
+async fn ws_sync(tx: &mut WsTx, r: &mut WsReader) -> Result<(), String> {
+    ws_send(tx, b"PING\r\n".to_vec()).await?;
+    loop {
+        match r.next_op().await? {
+            Op::Pong => return Ok(()),
+            Op::Other(l) if l.starts_with("-ERR") => return Err(l),
+            _ => {}
+        }
+    }
+}
+
+/// `wspub`: as `pub`, over WebSocket; one PUB per binary frame.
+async fn run_wspub(args: &Args) -> serde_json::Value {
+    use futures::SinkExt;
+    let n = args.count;
+    let size = args.size;
+    let window = (args.window_bytes / size.max(1)).max(64) as u64;
+    let (mut stx, mut srx) = ws_connect(args).await.expect("ws sub connect");
+    ws_send(&mut stx, b"SUB bench.ws 1\r\n".to_vec())
+        .await
+        .expect("sub");
+    ws_sync(&mut stx, &mut srx).await.expect("sub sync");
+    let (mut ptx, mut prx) = ws_connect(args).await.expect("ws pub connect");
+    let received = Arc::new(AtomicU64::new(0));
+    let progress = Arc::new(tokio::sync::Notify::new());
+    let (rc, pg) = (received.clone(), progress.clone());
+    let sub = tokio::spawn(async move {
+        let mut got = 0u64;
+        while got < n {
+            match srx.next_op().await {
+                Ok(Op::Msg { payload, .. }) => {
+                    assert_eq!(payload.len(), size);
+                    got += 1;
+                    rc.store(got, Ordering::Release);
+                    pg.notify_one();
+                }
+                Ok(Op::Ping) => ws_send(&mut stx, b"PONG\r\n".to_vec()).await.expect("pong"),
+                Ok(Op::Other(l)) if l.starts_with("-ERR") => panic!("subscriber: {l}"),
+                Ok(_) => {}
+                Err(e) => panic!("subscriber: {e}"),
+            }
+        }
+        Instant::now()
+    });
+    // The publisher's own reads (PINGs from the server) are answered in the background.
+    tokio::spawn(async move { while prx.next_op().await.is_ok() {} });
+    let mut msg = format!("PUB bench.ws {size}\r\n").into_bytes();
+    msg.extend(std::iter::repeat_n(b'x', size));
+    msg.extend_from_slice(b"\r\n");
+    let started = Instant::now();
+    for sent in 0..n {
+        while sent - received.load(Ordering::Acquire) >= window {
+            ptx.flush().await.expect("flush");
+            progress.notified().await;
+        }
+        ptx.feed(tokio_tungstenite::tungstenite::Message::Binary(
+            msg.clone().into(),
+        ))
+        .await
+        .expect("publish");
+    }
+    ptx.flush().await.expect("flush");
+    let done = sub.await.expect("subscriber");
+    let secs = done.duration_since(started).as_secs_f64();
+    json!({
+        "scenario": "wspub",
+        "count": n,
+        "size": size,
+        "secs": secs,
+        "msgs_per_s": n as f64 / secs,
+        "mb_per_s": (n as f64 * size as f64) / secs / 1e6,
+    })
+}
+
+/// `wsreq`: as `req`, over WebSocket (responder and requester each on their own connection).
+async fn run_wsreq(args: &Args) -> serde_json::Value {
+    let (mut rtx, mut rrx) = ws_connect(args).await.expect("ws responder connect");
+    ws_send(&mut rtx, b"SUB bench.req 1\r\n".to_vec())
+        .await
+        .expect("sub");
+    ws_sync(&mut rtx, &mut rrx).await.expect("responder sync");
+    tokio::spawn(async move {
+        loop {
+            match rrx.next_op().await {
+                Ok(Op::Msg {
+                    reply: Some(reply),
+                    payload,
+                }) => {
+                    let mut out = format!("PUB {reply} {}\r\n", payload.len()).into_bytes();
+                    out.extend_from_slice(&payload);
+                    out.extend_from_slice(b"\r\n");
+                    if ws_send(&mut rtx, out).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(Op::Ping) => {
+                    let _ = ws_send(&mut rtx, b"PONG\r\n".to_vec()).await;
+                }
+                Ok(_) => {}
+                Err(_) => return,
+            }
+        }
+    });
+    let (mut tx, mut rx) = ws_connect(args).await.expect("ws requester connect");
+    ws_send(&mut tx, b"SUB _INBOX.wsbench 1\r\n".to_vec())
+        .await
+        .expect("sub inbox");
+    ws_sync(&mut tx, &mut rx).await.expect("requester sync");
+    let mut req = format!("PUB bench.req _INBOX.wsbench {}\r\n", args.size).into_bytes();
+    req.extend(std::iter::repeat_n(b'r', args.size));
+    req.extend_from_slice(b"\r\n");
+    let mut lat = Vec::with_capacity(args.count as usize);
+    let total = args.count + 200; // the first 200 are warm-up
+    let started = Instant::now();
+    let mut measured_from = started;
+    for i in 0..total {
+        if i == 200 {
+            measured_from = Instant::now();
+        }
+        let t = Instant::now();
+        ws_send(&mut tx, req.clone()).await.expect("request");
+        loop {
+            match rx.next_op().await.expect("reply") {
+                Op::Msg { .. } => break,
+                Op::Ping => ws_send(&mut tx, b"PONG\r\n".to_vec()).await.expect("pong"),
+                Op::Other(l) if l.starts_with("-ERR") => panic!("requester: {l}"),
+                _ => {}
+            }
+        }
+        if i >= 200 {
+            lat.push(t.elapsed().as_nanos() as u64 / 1000);
+        }
+    }
+    let secs = measured_from.elapsed().as_secs_f64();
+    lat.sort_unstable();
+    json!({
+        "scenario": "wsreq",
+        "count": lat.len(),
+        "secs": secs,
+        "p50_us": pct(&lat, 50.0),
+        "p90_us": pct(&lat, 90.0),
+        "p99_us": pct(&lat, 99.0),
+    })
 }
