@@ -17,7 +17,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::limits::Admission;
-use crate::protocol;
+use crate::metrics::Reject;
+use crate::protocol::{self, ClientIdentity};
 use crate::relay::{self, RelayEnd};
 use crate::shared::Shared;
 use crate::stream::Stream;
@@ -78,6 +79,7 @@ async fn pend(
         id,
         peer: pending.client_addr(),
         accepted,
+        listener: "tcp",
     };
     match result {
         Err(refusal) => {
@@ -96,11 +98,57 @@ async fn pend(
     }
 }
 
-/// What every close line of one connection says.
-struct CloseLog {
-    id: u64,
-    peer: SocketAddr,
-    accepted: Instant,
+/// What every log line of one connection says, and the two lines themselves: one listener's
+/// connections and the other's are logged alike.
+pub(crate) struct CloseLog {
+    pub(crate) id: u64,
+    pub(crate) peer: SocketAddr,
+    pub(crate) accepted: Instant,
+    /// `tcp` or `websocket`.
+    pub(crate) listener: &'static str,
+}
+
+impl CloseLog {
+    /// The line of a connection refused before it was established (summarised under a flood).
+    pub(crate) fn refused(&self, reason: Reject, detail: &dyn std::fmt::Display, bytes_out: usize) {
+        if crate::logsummary::refused(reason) {
+            tracing::info!(
+                conn = self.id,
+                peer = %self.peer,
+                listener = self.listener,
+                duration_ms = self.accepted.elapsed().as_millis() as u64,
+                bytes_in = 0u64,
+                bytes_out = bytes_out as u64,
+                reason = reason.as_str(),
+                detail = %detail,
+                "connection refused"
+            );
+        }
+    }
+
+    /// The line of an established connection that ended: bytes each way, why, and who the
+    /// client said it was (no secrets).
+    pub(crate) fn closed(&self, outcome: &relay::Outcome, who: &ClientIdentity) {
+        let error = match &outcome.end {
+            RelayEnd::Error(e) => e.to_string(),
+            _ => String::new(),
+        };
+        tracing::info!(
+            conn = self.id,
+            peer = %self.peer,
+            listener = self.listener,
+            duration_ms = self.accepted.elapsed().as_millis() as u64,
+            bytes_in = outcome.client_to_upstream,
+            bytes_out = outcome.upstream_to_client,
+            reason = outcome.end.as_str(),
+            client_name = who.name.as_deref().unwrap_or(""),
+            client_lang = who.lang.as_deref().unwrap_or(""),
+            client_version = who.version.as_deref().unwrap_or(""),
+            user = who.user.as_deref().unwrap_or(""),
+            error = %error,
+            "connection closed"
+        );
+    }
 }
 
 /// Counts and logs a refusal, then sends its reply (if any) on the socket and closes it.
@@ -112,18 +160,7 @@ async fn refuse(
 ) {
     let reason = refusal.reason();
     shared.metrics.reject(reason);
-    if crate::logsummary::refused(reason) {
-        tracing::info!(
-            conn = log.id,
-            peer = %log.peer,
-            duration_ms = log.accepted.elapsed().as_millis() as u64,
-            bytes_in = 0u64,
-            bytes_out = pending.info_sent() as u64,
-            reason = reason.as_str(),
-            detail = %refusal,
-            "connection refused"
-        );
-    }
+    log.refused(reason, &refusal, pending.info_sent());
     if let (Some(client), Some(reply)) = (pending.into_client(), refusal.reply()) {
         close_with(client, &reply).await;
     }
@@ -153,25 +190,7 @@ async fn relay_to_end(
     .await;
     outcome.client_to_upstream += established.forwarded as u64;
     outcome.upstream_to_client += info_sent as u64;
-    let who = &established.identity;
-    let error = match &outcome.end {
-        RelayEnd::Error(e) => e.to_string(),
-        _ => String::new(),
-    };
-    tracing::info!(
-        conn = log.id,
-        peer = %log.peer,
-        duration_ms = log.accepted.elapsed().as_millis() as u64,
-        bytes_in = outcome.client_to_upstream,
-        bytes_out = outcome.upstream_to_client,
-        reason = outcome.end.as_str(),
-        client_name = who.name.as_deref().unwrap_or(""),
-        client_lang = who.lang.as_deref().unwrap_or(""),
-        client_version = who.version.as_deref().unwrap_or(""),
-        user = who.user.as_deref().unwrap_or(""),
-        error = %error,
-        "connection closed"
-    );
+    log.closed(&outcome, &established.identity);
 }
 
 /// Sends a final `-ERR`, then closes in a way that lets the client read it: FIN first, then a

@@ -17,8 +17,8 @@ use crate::config::Config;
 use crate::limits::Admission;
 use crate::metrics::Reject;
 use crate::protocol::ServerStream;
-use crate::relay::{relay_halves, RelayEnd};
-use crate::session::{close_with, Established, Pending, Refusal};
+use crate::relay::relay_halves;
+use crate::session::{close_with, CloseLog, Established, Pending, Refusal};
 use crate::shared::Shared;
 use crate::stream::Stream;
 
@@ -47,13 +47,6 @@ impl UpgradeFailed {
     }
 }
 
-/// What every log line of one connection says.
-struct CloseLog {
-    id: u64,
-    peer: SocketAddr,
-    accepted: StdInstant,
-}
-
 pub(super) async fn serve(
     shared: Arc<Shared>,
     ws: Arc<WsListener>,
@@ -71,6 +64,7 @@ pub(super) async fn serve(
         id: admission.id(),
         peer,
         accepted,
+        listener: LABEL,
     };
 
     let upgraded = tokio::select! {
@@ -128,19 +122,7 @@ pub(super) async fn serve(
 /// Counts and logs a connection that never completed its upgrade, and answers it if it can.
 async fn refuse_upgrade(ws: &WsListener, failed: UpgradeFailed, log: &CloseLog) {
     ws.metrics.reject(failed.reason);
-    if crate::logsummary::refused(failed.reason) {
-        tracing::info!(
-            conn = log.id,
-            peer = %log.peer,
-            listener = LABEL,
-            duration_ms = log.accepted.elapsed().as_millis() as u64,
-            bytes_in = 0u64,
-            bytes_out = 0u64,
-            reason = failed.reason.as_str(),
-            detail = %failed.detail,
-            "connection refused"
-        );
-    }
+    log.refused(failed.reason, &failed.detail, 0);
     if let Some((client, reply)) = failed.reply {
         close_with(client, &reply).await;
     }
@@ -228,19 +210,7 @@ async fn refuse(
 ) {
     let reason = refusal.reason();
     ws.metrics.reject(reason);
-    if crate::logsummary::refused(reason) {
-        tracing::info!(
-            conn = log.id,
-            peer = %log.peer,
-            listener = LABEL,
-            duration_ms = log.accepted.elapsed().as_millis() as u64,
-            bytes_in = 0u64,
-            bytes_out = pending.info_sent() as u64,
-            reason = reason.as_str(),
-            detail = %refusal,
-            "connection refused"
-        );
-    }
+    log.refused(reason, &refusal, pending.info_sent());
     if let Some(client) = pending.into_client() {
         // Without a reply (the window closed while INFO was written) there is still a close
         // frame: the client learns the connection ended on purpose.
@@ -280,24 +250,5 @@ async fn relay_to_end(
     };
     outcome.client_to_upstream += established.forwarded as u64;
     outcome.upstream_to_client += info_sent as u64;
-    let who = &established.identity;
-    let error = match &outcome.end {
-        RelayEnd::Error(e) => e.to_string(),
-        _ => String::new(),
-    };
-    tracing::info!(
-        conn = log.id,
-        peer = %log.peer,
-        listener = LABEL,
-        duration_ms = log.accepted.elapsed().as_millis() as u64,
-        bytes_in = outcome.client_to_upstream,
-        bytes_out = outcome.upstream_to_client,
-        reason = outcome.end.as_str(),
-        client_name = who.name.as_deref().unwrap_or(""),
-        client_lang = who.lang.as_deref().unwrap_or(""),
-        client_version = who.version.as_deref().unwrap_or(""),
-        user = who.user.as_deref().unwrap_or(""),
-        error = %error,
-        "connection closed"
-    );
+    log.closed(&outcome, &established.identity);
 }
