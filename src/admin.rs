@@ -33,6 +33,7 @@ use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 use tower::ServiceBuilder;
 
+use crate::listener::Acceptor;
 use crate::shared::Shared;
 
 /// Time to send a whole request head, counted from accept or from the previous response:
@@ -83,29 +84,9 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener) {
     let slots = Arc::new(Semaphore::new(cap));
     let tasks = TaskTracker::new();
     let mut refusals = Refusals::default();
-    let mut backoff = Duration::ZERO;
-    loop {
-        let accepted = tokio::select! {
-            biased;
-            _ = stop.cancelled() => break,
-            r = listener.accept() => r,
-        };
-        let tcp = match accepted {
-            Ok((tcp, _)) => {
-                backoff = Duration::ZERO;
-                tcp
-            }
-            Err(e) if crate::listener::is_per_connection(&e) => continue,
-            Err(e) => {
-                // EMFILE and the like: the budget should prevent it; back off, never spin.
-                backoff = (backoff * 2).clamp(Duration::from_millis(5), Duration::from_secs(1));
-                tracing::error!(error = %e, backoff_ms = backoff.as_millis() as u64, "admin accept failed; backing off");
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => continue,
-                    _ = stop.cancelled() => break,
-                }
-            }
-        };
+    // EMFILE and the like: the budget should prevent it; the acceptor backs off, never spins.
+    let mut acceptor = Acceptor::new(listener, "admin");
+    while let Some((tcp, _)) = acceptor.next(&stop).await {
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             drop(tcp);
             refusals.note(cap);
@@ -125,7 +106,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener) {
             let _ = tokio::time::timeout(CLOSE_GRACE, conn).await;
         });
     }
-    drop(listener);
+    drop(acceptor);
     tasks.close();
     tasks.wait().await;
 }

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::metrics::Reject;
@@ -16,35 +17,12 @@ use crate::shared::Shared;
 /// closes what is left. Returns when every connection task has finished.
 pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener) {
     let tasks = TaskTracker::new();
-    let mut backoff = Duration::ZERO;
-    loop {
-        let accepted = tokio::select! {
-            biased;
-            _ = shared.stop_pending.cancelled() => break,
-            r = listener.accept() => r,
-        };
-        match accepted {
-            Ok((tcp, peer)) => {
-                backoff = Duration::ZERO;
-                shared.metrics.accepted.increment(1);
-                accept_one(&shared, &tasks, tcp, peer);
-            }
-            Err(e) if is_per_connection(&e) => {
-                tracing::debug!(error = %e, "accept: connection failed before it was accepted");
-            }
-            Err(e) => {
-                // EMFILE/ENFILE/ENOBUFS: back off instead of spinning on a listener that
-                // stays readable; service resumes once descriptors free up.
-                backoff = (backoff * 2).clamp(Duration::from_millis(5), Duration::from_secs(1));
-                tracing::error!(error = %e, backoff_ms = backoff.as_millis() as u64, "accept failed; backing off");
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = shared.stop_pending.cancelled() => break,
-                }
-            }
-        }
+    let mut acceptor = Acceptor::new(listener, "tcp");
+    while let Some((tcp, peer)) = acceptor.next(&shared.stop_pending).await {
+        shared.metrics.accepted.increment(1);
+        accept_one(&shared, &tasks, tcp, peer);
     }
-    drop(listener);
+    drop(acceptor);
     tasks.close();
     let open = shared.limits.open();
     if open > 0 {
@@ -91,8 +69,61 @@ fn accept_one(shared: &Arc<Shared>, tasks: &TaskTracker, tcp: TcpStream, peer: S
     }
 }
 
+/// A listening socket's accept loop, shared by the client, WebSocket and admin listeners:
+/// errors that concern only the connection being accepted are skipped, and the others
+/// (EMFILE, ENFILE, ENOBUFS) back off, doubling up to 1 s, instead of spinning on a listener
+/// that stays readable; service resumes once descriptors free up.
+pub(crate) struct Acceptor {
+    listener: TcpListener,
+    backoff: Duration,
+    /// Which listener, for the log lines.
+    label: &'static str,
+}
+
+impl Acceptor {
+    pub(crate) fn new(listener: TcpListener, label: &'static str) -> Acceptor {
+        Acceptor {
+            listener,
+            backoff: Duration::ZERO,
+            label,
+        }
+    }
+
+    /// The next connection; `None` once `stop` has fired (checked first).
+    pub(crate) async fn next(
+        &mut self,
+        stop: &CancellationToken,
+    ) -> Option<(TcpStream, SocketAddr)> {
+        loop {
+            let accepted = tokio::select! {
+                biased;
+                _ = stop.cancelled() => return None,
+                r = self.listener.accept() => r,
+            };
+            match accepted {
+                Ok(conn) => {
+                    self.backoff = Duration::ZERO;
+                    return Some(conn);
+                }
+                Err(e) if is_per_connection(&e) => {
+                    tracing::debug!(error = %e, listener = self.label, "accept: connection failed before it was accepted");
+                }
+                Err(e) => {
+                    self.backoff =
+                        (self.backoff * 2).clamp(Duration::from_millis(5), Duration::from_secs(1));
+                    tracing::error!(error = %e, listener = self.label, backoff_ms = self.backoff.as_millis() as u64, "accept failed; backing off");
+                    tokio::select! {
+                        _ = tokio::time::sleep(self.backoff) => {}
+                        _ = stop.cancelled() => return None,
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Errors that concern only the connection being accepted, not the listener.
-pub(crate) fn is_per_connection(e: &std::io::Error) -> bool {
+fn is_per_connection(e: &std::io::Error) -> bool {
     use std::io::ErrorKind::*;
     matches!(
         e.kind(),

@@ -30,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{TlsConfig, WebSocketConfig};
+use crate::listener::Acceptor;
 use crate::metrics::{ListenerMetrics, Metrics, Reject};
 use crate::shared::Shared;
 use crate::tls::{self, TlsError, TlsFiles};
@@ -105,33 +106,12 @@ impl WsListener {
 pub(crate) async fn serve(shared: Arc<Shared>, ws: Arc<WsListener>, listener: TcpListener) {
     let tasks = TaskTracker::new();
     let stop_relays = CancellationToken::new();
-    let mut backoff = Duration::ZERO;
-    loop {
-        let accepted = tokio::select! {
-            biased;
-            _ = shared.stop_pending.cancelled() => break,
-            r = listener.accept() => r,
-        };
-        match accepted {
-            Ok((tcp, peer)) => {
-                backoff = Duration::ZERO;
-                ws.metrics.accepted.increment(1);
-                accept_one(&shared, &ws, &tasks, &stop_relays, tcp, peer);
-            }
-            Err(e) if crate::listener::is_per_connection(&e) => {
-                tracing::debug!(error = %e, listener = LABEL, "accept: connection failed before it was accepted");
-            }
-            Err(e) => {
-                backoff = (backoff * 2).clamp(Duration::from_millis(5), Duration::from_secs(1));
-                tracing::error!(error = %e, listener = LABEL, backoff_ms = backoff.as_millis() as u64, "accept failed; backing off");
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = shared.stop_pending.cancelled() => break,
-                }
-            }
-        }
+    let mut acceptor = Acceptor::new(listener, LABEL);
+    while let Some((tcp, peer)) = acceptor.next(&shared.stop_pending).await {
+        ws.metrics.accepted.increment(1);
+        accept_one(&shared, &ws, &tasks, &stop_relays, tcp, peer);
     }
-    drop(listener);
+    drop(acceptor);
     tasks.close();
     let drain = shared.config.load().shutdown.drain_timeout;
     let _ = tokio::time::timeout(drain, tasks.wait()).await;
