@@ -258,8 +258,19 @@ impl TlsFiles {
         self.items.is_empty()
     }
 
-    fn push(&mut self, item: Arc<dyn Reload>) {
-        self.items.push(item);
+    /// Loads one piece of TLS material and keeps it for reloading: every piece natsgate
+    /// serves with goes through here, so none is left out of the watcher.
+    fn load<T: Send + Sync + 'static>(
+        &mut self,
+        cert: Cert,
+        files: Vec<PathBuf>,
+        loader: Loader<T>,
+        sessions: Option<Arc<dyn Forget>>,
+        metrics: &Metrics,
+    ) -> Result<Arc<Material<T>>, TlsError> {
+        let material = Material::load(cert, files, loader, sessions, metrics)?;
+        self.items.push(material.clone());
+        Ok(material)
     }
 
     /// Checks every piece: `None` when no file changed, else whether every changed piece was
@@ -549,14 +560,13 @@ pub(crate) fn server_config(
     files: &mut TlsFiles,
 ) -> Result<Arc<ServerConfig>, TlsError> {
     let sessions = ServerSessions::new();
-    let certs = Material::load(
+    let certs = files.load(
         Cert::Served,
         vec![cfg.cert_file.clone(), cfg.key_file.clone()],
         pair_loader,
         None,
         metrics,
     )?;
-    files.push(certs.clone());
     let builder = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(VERSIONS)
         .map_err(|e| TlsError::Rustls(e.to_string()))?;
@@ -564,14 +574,13 @@ pub(crate) fn server_config(
         None => builder.with_no_client_auth(),
         Some(ca) => {
             let forget: Arc<dyn Forget> = sessions.clone();
-            let verifier = Material::load(
+            let verifier = files.load(
                 Cert::ClientCa,
                 vec![ca.clone()],
                 client_ca_loader,
                 Some(forget),
                 metrics,
             )?;
-            files.push(verifier.clone());
             builder.with_client_cert_verifier(verifier)
         }
     };
@@ -597,14 +606,13 @@ pub(crate) fn upstream_client_config(
     let (builder, note) = match &cfg.ca_file {
         Some(ca) => {
             let forget: Arc<dyn Forget> = sessions.clone();
-            let verifier = Material::load(
+            let verifier = files.load(
                 Cert::UpstreamCa,
                 vec![ca.clone()],
                 upstream_ca_loader,
                 Some(forget),
                 metrics,
             )?;
-            files.push(verifier.clone());
             let note = format!(
                 "upstream TLS: server certificates verified against {} (reloaded when it changes)",
                 ca.display()
@@ -626,14 +634,13 @@ pub(crate) fn upstream_client_config(
     let mut config = match (&cfg.cert_file, &cfg.key_file) {
         (Some(c), Some(k)) => {
             let forget: Arc<dyn Forget> = sessions.clone();
-            let pair = Material::load(
+            let pair = files.load(
                 Cert::UpstreamClient,
                 vec![c.clone(), k.clone()],
                 pair_loader,
                 Some(forget),
                 metrics,
             )?;
-            files.push(pair.clone());
             builder.with_client_cert_resolver(pair)
         }
         _ => builder.with_no_client_auth(),
