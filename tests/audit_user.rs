@@ -12,47 +12,22 @@
 
 mod common;
 
-use std::io::Write;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
+use common::logs::Logs;
 use common::{raw_connect, read_line, NatsServer, Proxy};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// Everything natsgate (and its dependencies) logged in this process, as JSON lines.
-fn logs() -> Arc<Mutex<Vec<u8>>> {
-    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let buf = Arc::new(Mutex::new(Vec::new()));
-        let sink = buf.clone();
-        tracing_subscriber::fmt()
-            .json()
-            .with_env_filter(tracing_subscriber::EnvFilter::new("trace"))
-            .with_writer(move || Sink(sink.clone()))
-            .init();
-        buf
-    })
-    .clone()
-}
-
-struct Sink(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Sink {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
+fn logs() -> Logs {
+    Logs::capture()
 }
 
 fn log_text() -> String {
-    String::from_utf8_lossy(&logs().lock().unwrap()).into_owned()
+    Logs::capture().text()
 }
 
 /// natsgate's "connection closed" line for the client at `peer`, once it is written.
@@ -60,10 +35,9 @@ async fn close_line(peer: SocketAddr) -> Value {
     let peer = peer.to_string();
     let start = Instant::now();
     loop {
-        let found = log_text()
-            .lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .map(|l| l["fields"].clone())
+        let found = logs()
+            .json_fields()
+            .into_iter()
             .find(|f| f["message"] == "connection closed" && f["peer"] == peer.as_str());
         if let Some(f) = found {
             return f;

@@ -9,9 +9,10 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::logs::Logs;
 use common::*;
 use futures::{SinkExt, StreamExt};
 use natsgate::metrics::Reject;
@@ -20,9 +21,6 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
-use tracing_subscriber::fmt::MakeWriter;
-use tracing_subscriber::layer::SubscriberExt;
-use tracing_subscriber::util::SubscriberInitExt;
 
 // ---------------------------------------------------------------------------------------------
 // Helpers.
@@ -533,52 +531,6 @@ async fn wss_with_natsgates_certificate() {
 // ---------------------------------------------------------------------------------------------
 // Secrets.
 // ---------------------------------------------------------------------------------------------
-
-/// Everything logged in this test binary, at TRACE, with the `log` records of dependencies
-/// (tungstenite logs each frame's payload in hex at trace).
-#[derive(Clone, Default)]
-struct Logs(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Logs {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> MakeWriter<'a> for Logs {
-    type Writer = Logs;
-    fn make_writer(&'a self) -> Logs {
-        self.clone()
-    }
-}
-
-impl Logs {
-    fn capture() -> Logs {
-        static LOGS: OnceLock<Logs> = OnceLock::new();
-        LOGS.get_or_init(|| {
-            let logs = Logs::default();
-            tracing_subscriber::registry()
-                .with(tracing_subscriber::filter::LevelFilter::TRACE)
-                .with(
-                    tracing_subscriber::fmt::layer()
-                        .with_ansi(false)
-                        .with_writer(logs.clone()),
-                )
-                .try_init()
-                .expect("the only subscriber in this binary");
-            logs
-        })
-        .clone()
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
 
 #[tokio::test]
 async fn no_credential_sent_over_websocket_reaches_a_log_line() {

@@ -8,6 +8,7 @@
 
 #![allow(dead_code)]
 
+pub mod logs;
 pub mod pki;
 
 use std::net::SocketAddr;
