@@ -596,15 +596,7 @@ async fn one_address_gets_half_of_max_pending_and_others_are_still_admitted() {
         .start()
         .await;
     let mut silent = Vec::new();
-    for i in 0..100 {
-        let mut s = connect_from("127.0.0.1", proxy.addr).await;
-        let info = read_line(&mut s).await;
-        assert!(
-            info.starts_with("INFO {"),
-            "silent connection {i}: {info:?}"
-        );
-        silent.push(s);
-    }
+    hold_silent("127.0.0.1", proxy.addr, 100, &mut silent).await;
     let mut over = connect_from("127.0.0.1", proxy.addr).await;
     let got = show(&read_to_close(&mut over, Duration::from_secs(3)).await);
     let (info, err) = got.split_once("\r\n").unwrap_or(("", &got));
@@ -612,15 +604,7 @@ async fn one_address_gets_half_of_max_pending_and_others_are_still_admitted() {
     assert_eq!(err.as_bytes(), ERR_MAX_CONNECTIONS, "{got:?}");
 
     // Another address: 50 more silent connections and one client served to PONG.
-    for i in 0..50 {
-        let mut s = connect_from("127.0.0.2", proxy.addr).await;
-        let info = read_line(&mut s).await;
-        assert!(
-            info.starts_with("INFO {"),
-            "127.0.0.2, silent {i}: {info:?}"
-        );
-        silent.push(s);
-    }
+    hold_silent("127.0.0.2", proxy.addr, 50, &mut silent).await;
     let mut other = connect_from("127.0.0.2", proxy.addr).await;
     let (_, op) = served_on(&mut other).await.unwrap();
     assert_eq!(op, "PONG\r\n");
@@ -768,4 +752,14 @@ async fn a_client_refused_at_a_limit_sees_info_then_the_error_and_reports_the_li
         }
     }
     assert_eq!(proxy.metrics().await.rejected(Reject::Limit), 3.0);
+}
+
+/// Opens `n` connections from `ip` that read their INFO and then stay silent, kept in `held`.
+async fn hold_silent(ip: &str, to: std::net::SocketAddr, n: usize, held: &mut Vec<TcpStream>) {
+    for i in 0..n {
+        let mut s = connect_from(ip, to).await;
+        let info = read_line(&mut s).await;
+        assert!(info.starts_with("INFO {"), "{ip}, silent {i}: {info:?}");
+        held.push(s);
+    }
 }
