@@ -120,20 +120,7 @@ impl NatsServer {
 
     /// `n` servers routed into one cluster, each with [`NatsServer::start`]'s auth.
     pub fn cluster(n: usize) -> Vec<NatsServer> {
-        let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
-        (0..n)
-            .map(|i| {
-                let routes: Vec<String> = (0..n)
-                    .filter(|&j| j != i)
-                    .map(|j| format!("\"nats-route://127.0.0.1:{}\"", ports[j]))
-                    .collect();
-                NatsServer::start(&format!(
-                    "cluster {{ name: c{n}, listen: 127.0.0.1:{}, routes: [{}] }}",
-                    ports[i],
-                    routes.join(", ")
-                ))
-            })
-            .collect()
+        Self::cluster_with(n, |_| String::new())
     }
 
     /// `n` servers routed into one cluster, like [`NatsServer::cluster`], where member `i` also
