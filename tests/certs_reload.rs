@@ -8,7 +8,7 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use std::sync::Arc;
@@ -123,59 +123,14 @@ async fn reloads(proxy: &Proxy, result: &str) -> f64 {
 // The platform trust store.
 // ---------------------------------------------------------------------------------------------
 
-/// The real binary (environment variables are process-wide) with `env`, its output in a file.
-struct Gate {
-    child: Child,
-    addr: SocketAddr,
-    log: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Gate {
-    fn start(config: ProxyConfig, env: &[(&str, &Path)]) -> Gate {
-        let dir = tempfile::tempdir().unwrap();
-        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let config = config
-            .set("listener.bind", addr.to_string())
-            .set("admin.bind", admin.to_string());
-        let path = write_file(dir.path(), "proxy.toml", &config.to_toml());
-        let log = dir.path().join("natsgate.log");
-        let out = std::fs::File::create(&log).unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_natsgate"));
-        cmd.arg("--config")
-            .arg(&path)
-            .env_remove("SSL_CERT_FILE")
-            .env_remove("SSL_CERT_DIR")
-            .stdout(out.try_clone().unwrap())
-            .stderr(out);
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let child = cmd.spawn().expect("start natsgate");
-        let deadline = std::time::Instant::now() + patient(Duration::from_secs(10));
-        while std::net::TcpStream::connect(admin).is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "natsgate did not start: {}",
-                read(&log)
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Gate {
-            child,
-            addr,
-            log,
-            _dir: dir,
-        }
-    }
-}
-
-impl Drop for Gate {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// The real binary (environment variables are process-wide) with `SSL_CERT_FILE` set, and no
+/// trust-store variable inherited from the test's own environment.
+fn gate_trusting(config: &ProxyConfig, ca: &Path) -> Binary {
+    config
+        .clone()
+        .env_remove("SSL_CERT_DIR")
+        .env("SSL_CERT_FILE", ca)
+        .binary()
 }
 
 /// `natsgate --check-config` with `env`: (exit code, stdout + stderr).
@@ -217,13 +172,13 @@ async fn upstream_tls_without_ca_file_trusts_the_platform_store() {
     let config = nats.gate().set("upstream.tls.server_name", "nats.internal");
 
     // The platform store is the test CA: verified, relayed.
-    let gate = Gate::start(config.clone(), &[("SSL_CERT_FILE", &ca_file)]);
+    let gate = gate_trusting(&config, &ca_file);
     assert!(
         pong(gate.addr).await,
         "PONG through natsgate: {}",
-        read(&gate.log)
+        gate.log()
     );
-    let log = read(&gate.log);
+    let log = gate.log();
     assert!(
         log.contains("platform trust store (SSL_CERT_FILE="),
         "the log says where trust comes from: {log}"
@@ -231,7 +186,7 @@ async fn upstream_tls_without_ca_file_trusts_the_platform_store() {
     drop(gate);
 
     // The platform store does not hold the upstream's CA: refused.
-    let gate = Gate::start(config.clone(), &[("SSL_CERT_FILE", &other_file)]);
+    let gate = gate_trusting(&config, &other_file);
     assert!(
         !pong(gate.addr).await,
         "an unverified upstream is never relayed"

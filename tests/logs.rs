@@ -6,73 +6,12 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use common::*;
 use natsgate::metrics::Reject;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-/// The real binary with its stdout and stderr in one file, as a container runtime keeps them.
-struct Gate {
-    child: Child,
-    addr: SocketAddr,
-    admin: SocketAddr,
-    log: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Gate {
-    fn start(config: ProxyConfig) -> Gate {
-        let dir = tempfile::tempdir().unwrap();
-        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let config = config
-            .set("listener.bind", addr.to_string())
-            .set("admin.bind", admin.to_string());
-        let path = write_file(dir.path(), "proxy.toml", &config.to_toml());
-        let log = dir.path().join("natsgate.log");
-        let out = std::fs::File::create(&log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_natsgate"))
-            .arg("--config")
-            .arg(&path)
-            .env_remove("NO_COLOR")
-            .env_remove("NATSGATE_LOG")
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .expect("start natsgate");
-        let deadline = Instant::now() + patient(Duration::from_secs(10));
-        while std::net::TcpStream::connect(admin).is_err() {
-            assert!(Instant::now() < deadline, "natsgate did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Gate {
-            child,
-            addr,
-            admin,
-            log,
-            _dir: dir,
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap()
-    }
-
-    async fn metrics(&self) -> Metrics {
-        Metrics::parse(http_get(&self.admin, "/metrics").await.1)
-    }
-}
-
-impl Drop for Gate {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// A field's value in a text-format log line (`key=value` or `key="value"`).
 fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
@@ -119,13 +58,15 @@ async fn a_flood_of_refusals_is_summarised_and_the_log_has_no_escape_codes() {
     let nats = NatsServer::start("");
     // A low connection limit, so the flood is refused in two places: at accept (`limit`) and
     // after the bad first line (`protocol`).
-    let gate = Gate::start(
-        nats.gate()
-            .set("listener.max_connections", 16)
-            .set("listener.max_pending", 16),
-    );
+    let gate = nats
+        .gate()
+        .set("listener.max_connections", 16)
+        .set("listener.max_pending", 16)
+        .env_remove("NO_COLOR")
+        .env_remove("NATSGATE_LOG")
+        .binary();
     // natsgate has met its upstream (so no client waits on a dial).
-    assert_eventually!(http_get(&gate.admin, "/readyz").await.0 == 200);
+    assert_eventually!(gate.status("/readyz").await == 200);
     let before = gate.log().lines().count();
 
     const CLIENTS: usize = 5_000;

@@ -169,7 +169,7 @@ impl NatsServer {
             .spawn()
             .expect("start nats-server");
         self.child = Some(child);
-        wait_for_port(self.addr(), &format!("nats-server ({})", self.log()));
+        wait_for_port(self.addr(), || format!("nats-server ({})", self.log()));
     }
 
     pub fn url(&self) -> String {
@@ -235,10 +235,15 @@ impl Drop for NatsServer {
     }
 }
 
-fn wait_for_port(addr: SocketAddr, what: &str) {
+/// Waits for `addr` to accept; `what` names the process (with its log) if it never does.
+fn wait_for_port(addr: SocketAddr, what: impl Fn() -> String) {
     let deadline = std::time::Instant::now() + patient(Duration::from_secs(10));
     while std::net::TcpStream::connect(addr).is_err() {
-        assert!(std::time::Instant::now() < deadline, "{what} did not start");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} did not start",
+            what()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -254,6 +259,8 @@ pub struct ProxyConfig {
     table: toml::Table,
     admin: bool,
     nofile: Option<u64>,
+    /// The real binary's environment changes: `Some` sets a variable, `None` removes it.
+    env: Vec<(String, Option<std::ffi::OsString>)>,
 }
 
 /// Seconds as TOML: an integer when whole (as an operator would write it), else a float.
@@ -272,6 +279,7 @@ impl ProxyConfig {
             table: toml::Table::new(),
             admin: true,
             nofile: None,
+            env: Vec::new(),
         }
         .set("listener.bind", "127.0.0.1:0")
         .window(2.0)
@@ -311,6 +319,20 @@ impl ProxyConfig {
     /// test's back, and metrics come straight from the handle.
     pub fn without_admin(mut self) -> ProxyConfig {
         self.admin = false;
+        self
+    }
+
+    /// The real binary runs with `key` set to `value` (environment variables are
+    /// process-wide, so in-process tests cannot).
+    pub fn env(mut self, key: &str, value: impl AsRef<std::ffi::OsStr>) -> ProxyConfig {
+        self.env
+            .push((key.to_string(), Some(value.as_ref().to_os_string())));
+        self
+    }
+
+    /// The real binary runs without `key` in its environment.
+    pub fn env_remove(mut self, key: &str) -> ProxyConfig {
+        self.env.push((key.to_string(), None));
         self
     }
 
@@ -368,23 +390,34 @@ impl ProxyConfig {
                 c
             }
         };
+        // Its output (stdout and stderr) goes to a file, for tests that read log lines and
+        // for the failure message of one that did not start.
+        let log = dir.path().join("natsgate.log");
+        let out = std::fs::File::create(&log).expect("log file");
+        for (key, value) in &self.env {
+            match value {
+                Some(v) => cmd.env(key, v),
+                None => cmd.env_remove(key),
+            };
+        }
         let mut gate = Binary {
             child: None,
             addr,
             admin,
             config,
+            log,
             _dir: dir,
         };
         gate.rewrite(self);
         let child = cmd
             .arg("--config")
             .arg(&gate.config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stdout(out.try_clone().expect("log file"))
+            .stderr(out)
             .spawn()
             .expect("start natsgate");
         gate.child = Some(child);
-        wait_for_port(admin, "natsgate");
+        wait_for_port(admin, || format!("natsgate ({})", gate.log()));
         gate
     }
 }
@@ -491,12 +524,19 @@ pub struct Binary {
     pub addr: SocketAddr,
     pub admin: SocketAddr,
     pub config: PathBuf,
+    /// Where its stdout and stderr go.
+    pub log: PathBuf,
     _dir: tempfile::TempDir,
 }
 
 impl Binary {
     pub fn url(&self) -> String {
         format!("nats://{}", self.addr)
+    }
+
+    /// Everything it has written so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     pub fn pid(&self) -> u32 {
