@@ -59,6 +59,8 @@ pub(crate) struct Pending<'a, S, D> {
     info_sent: usize,
     /// The TLS handshake came before INFO (nats-server then says `tls_required`).
     tls_first: bool,
+    /// Every `connect_urls` is removed, whatever `strip_connect_urls` and `advertise` say.
+    strip_all_urls: bool,
     /// What the INFO the client got says: whether CONNECT must come first, and the largest
     /// payload (the first op's limit when it need not).
     auth_required: bool,
@@ -86,6 +88,7 @@ impl<'a, S: PeekByte, D: Dial> Pending<'a, S, D> {
             deadline: Instant::now() + config.auth_timeout,
             info_sent: 0,
             tls_first: false,
+            strip_all_urls: false,
             auth_required: true,
             max_payload: protocol::DEFAULT_MAX_PAYLOAD,
         }
@@ -93,9 +96,22 @@ impl<'a, S: PeekByte, D: Dial> Pending<'a, S, D> {
 
     /// Serves NATS-level TLS as `tls` says instead of the TCP listener's `[tls]` (a WebSocket
     /// listener's TLS is the HTTP layer's; NATS inside it is plaintext).
-    #[allow(dead_code)] // The WebSocket listener (issue 16) is its first caller.
     pub(crate) fn with_tls(mut self, tls: Option<&'a ClientTls>) -> Self {
         self.tls = tls;
+        self
+    }
+
+    /// Ends the window at `deadline` instead of `authorization.timeout` from now (a listener
+    /// whose window started before the pending phase: the WebSocket upgrade comes first).
+    pub(crate) fn with_deadline(mut self, deadline: Instant) -> Self {
+        self.deadline = deadline;
+        self
+    }
+
+    /// Removes `connect_urls` from every INFO whatever the configuration says (a WebSocket
+    /// client can use neither the cluster's client URLs nor the gateway's TCP `advertise`).
+    pub(crate) fn stripping_connect_urls(mut self) -> Self {
+        self.strip_all_urls = true;
         self
     }
 
@@ -330,6 +346,7 @@ impl<'a, S: PeekByte, D: Dial> Pending<'a, S, D> {
             advertise.is_empty(),
             self.config.upstream.strip_connect_urls,
         ) {
+            _ if self.strip_all_urls => ConnectUrls::Strip,
             (false, _) => ConnectUrls::Advertise(advertise.as_slice().into()),
             (true, true) => ConnectUrls::Strip,
             (true, false) => ConnectUrls::Keep,

@@ -80,24 +80,21 @@ pub(super) async fn serve(
         Err(failed) => return refuse_upgrade(&ws, failed, &log).await,
     };
 
-    // The pending phase is the TCP listener's, run with what differs here: the window's
-    // remainder (it started at accept), and INFO without `connect_urls` (the cluster's client
-    // URLs are no WebSocket endpoints; nor are the gateway's TCP `advertise` ones). No inbound
-    // PROXY header is read inside the frames.
-    let mut own = Config::clone(&config);
-    own.auth_timeout = deadline.saturating_duration_since(Instant::now());
-    own.upstream.strip_connect_urls = true;
-    own.listener.advertise.clear();
-    own.listener.proxy_protocol = None;
+    // The pending phase is the TCP listener's, run with what differs here: the window that
+    // started at accept, no NATS-level TLS, and INFO without `connect_urls` (the cluster's
+    // client URLs are no WebSocket endpoints; nor are the gateway's TCP `advertise` ones). No
+    // inbound PROXY header is read inside the frames (`proxy_header` is not called).
     let mut pending = Pending::new(
         &shared,
-        &own,
+        &config,
         &shared.upstreams,
         client,
         (peer, local),
         log.id,
     )
-    .with_tls(None);
+    .with_tls(None)
+    .with_deadline(deadline)
+    .stripping_connect_urls();
     let result = tokio::select! {
         r = pending.establish() => r,
         _ = shared.stop_pending.cancelled() => Err(Refusal::Shutdown),
