@@ -9,10 +9,13 @@ in Linux network namespaces that it creates and removes itself (root only):
   pair (like Calico: every packet between pods crosses the node);
 - Services: a ClusterIP (198.19.0.0/24) on the node's loopback, with a userspace proxy (the way
   kube-proxy's userspace mode worked) to the Ready pods that the selector matches, targetPort
-  resolved by name in the pod's container ports; headless Services and StatefulSet pod names
-  become /etc/hosts entries (`ip netns exec` mounts /etc/netns/<ns>/hosts over /etc/hosts);
+  resolved by name in the pod's container ports; Service names and StatefulSet pod names
+  become /etc/hosts entries (`ip netns exec` mounts /etc/netns/<ns>/hosts over /etc/hosts),
+  the short forms (`nats`, `nats-0.nats-headless`) only for pods in the same namespace, as the
+  cluster DNS search path resolves them; objects without metadata.namespace land in the
+  namespace they are applied to (`kubectl apply -n`, `helm install -n`);
 - volumes: ConfigMaps from the rendering, Secrets from the test, emptyDirs; each container's
-  mountPaths are substituted (in args, in the mounted files, in exec commands) with directories
+  mountPaths are substituted (in args, env, the mounted files, exec commands) with directories
   under the pod's work directory; env with value, `$(VAR)` and fieldRef;
 - containers run with the image's binary (natsgate or nats-server; other images, such as the
   nats chart's config reloader, are skipped and reported), as runAsUser/runAsGroup;
@@ -195,8 +198,9 @@ class Node:
         self.pods: list[Pod] = []
         self.netns: list[str] = []
         self.services: list[dict] = []
-        self.hosts: dict[str, list[str]] = {}
-        self.listeners: list[socket.socket] = []
+        # name -> [(ip, namespace)]: namespace None for a name that resolves from anywhere.
+        self.hosts: dict[str, list[tuple[str, str | None]]] = {}
+        self.listeners: list[tuple[socket.socket, threading.Thread]] = []
         self.stopping = threading.Event()
         self._pod_ips = (f"198.18.1.{i}" for i in itertools.count(2))
         self._client_ips = (f"198.18.2.{i}" for i in itertools.count(2))
@@ -243,19 +247,21 @@ class Node:
 
     # -- objects --------------------------------------------------------------------------------
 
-    def apply(self, docs: list[dict], only: set[str] | None = None, replicas: int | None = None) -> list[Pod]:
+    def apply(self, docs: list[dict], only: set[str] | None = None, replicas: int | None = None,
+              namespace: str = "default") -> list[Pod]:
         """Creates the pods of the workloads in docs (Deployment, StatefulSet, Pod; `only` limits
-        them by name) and registers every Service; returns the new pods (not started)."""
+        them by name) and registers every Service; returns the new pods (not started). Objects
+        without metadata.namespace go to `namespace`, as `kubectl apply -n` puts them."""
         configmaps = {d["metadata"]["name"]: d for d in docs if d["kind"] == "ConfigMap"}
         new = []
         for d in docs:
             if d["kind"] == "Service":
-                self._service(d)
+                self._service(d, namespace)
         for d in docs:
             name = d["metadata"]["name"]
             if only is not None and name not in only:
                 continue
-            ns = d["metadata"].get("namespace", "default")
+            ns = d["metadata"].get("namespace", namespace)
             if d["kind"] == "Pod":
                 if d["spec"].get("restartPolicy") == "Never":  # helm test pods
                     continue
@@ -271,16 +277,15 @@ class Node:
         self.pods += new
         return new
 
-    def _service(self, svc: dict):
-        name, ns = svc["metadata"]["name"], svc["metadata"].get("namespace", "default")
+    def _service(self, svc: dict, namespace: str):
+        name, ns = svc["metadata"]["name"], svc["metadata"].get("namespace", namespace)
         entry = {"name": name, "namespace": ns, "spec": svc["spec"], "ip": None}
         if svc["spec"].get("clusterIP") != "None":
             entry["ip"] = next(self._cluster_ips)
             sh("ip", "-n", self.ns, "addr", "add", f"{entry['ip']}/32", "dev", "lo")
             for p in svc["spec"]["ports"]:
                 self._listen(entry, p)
-            for h in (name, f"{name}.{ns}", f"{name}.{ns}.svc", f"{name}.{ns}.svc.cluster.local"):
-                self.hosts.setdefault(h, []).append(entry["ip"])
+            self._names(entry["ip"], ns, name)
         self.services.append(entry)
 
     def _pod(self, name, namespace, labels, spec, configmaps, subdomain="") -> Pod:
@@ -296,12 +301,16 @@ class Node:
                 c = Container(pod, cs, init, workdir / f"root-{cs['name']}")
                 self._mount(pod, c, volumes)
                 pod.containers.append(c)
-        self.hosts.setdefault(name, []).append(ip)
         if subdomain:
-            for h in (f"{name}.{subdomain}", f"{name}.{subdomain}.{namespace}", f"{name}.{subdomain}.{namespace}.svc",
-                      f"{name}.{subdomain}.{namespace}.svc.cluster.local"):
-                self.hosts.setdefault(h, []).append(ip)
+            self._names(ip, namespace, f"{name}.{subdomain}")
         return pod
+
+    def _names(self, ip: str, namespace: str, short: str):
+        """The cluster DNS names of a Service or a StatefulSet pod: `short` from its own
+        namespace (the search path), `short.<ns>`, `short.<ns>.svc` and the full name from anywhere."""
+        self.hosts.setdefault(short, []).append((ip, namespace))
+        for h in (f"{short}.{namespace}", f"{short}.{namespace}.svc", f"{short}.{namespace}.svc.cluster.local"):
+            self.hosts.setdefault(h, []).append((ip, None))
 
     def _volumes(self, pod: Pod, configmaps) -> dict[str, dict[str, bytes] | Path]:
         out: dict[str, dict[str, bytes] | Path] = {}
@@ -363,18 +372,21 @@ class Node:
 
     # -- running ----------------------------------------------------------------------------------
 
-    def _hosts_file(self, netns: str):
-        d = Path("/etc/netns") / netns
+    def _hosts_file(self, pod: Pod):
+        d = Path("/etc/netns") / pod.netns
         d.mkdir(parents=True, exist_ok=True)
-        lines = ["127.0.0.1 localhost", "::1 localhost"]
-        lines += [f"{ip} {h}" for h, ips in sorted(self.hosts.items()) for ip in ips[:1]]
+        lines = ["127.0.0.1 localhost", "::1 localhost", f"{pod.ip} {pod.name}"]
+        for h, entries in sorted(self.hosts.items()):
+            seen = [ip for ip, ns in entries if ns in (None, pod.namespace)]
+            if seen:
+                lines.append(f"{seen[0]} {h}")
         (d / "hosts").write_text("\n".join(lines) + "\n")
 
     def start(self, pod: Pod):
         """The kubelet's order: native sidecars first (each waits for its startupProbe), then
         the main containers; then waits for every startupProbe and readinessProbe to pass and
         checks every livenessProbe once. Fails with the probe, its target and the logs."""
-        self._hosts_file(pod.netns)
+        self._hosts_file(pod)
         for c in pod.containers:
             if c.init and c.spec.get("restartPolicy") != "Always":
                 self._run(pod, c)
@@ -419,7 +431,9 @@ class Node:
             c.skipped = f"image {c.spec['image']} is not natsgate or nats-server"
             pod.probe_log.append(f"{c.name}: skipped ({c.skipped})")
             return
-        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **pod.env(c)}
+        # Paths in env values (SSL_CERT_FILE=/etc/platform-ca/ca.crt) name mounts too.
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+               **{k: pod.subst(c, v) for k, v in pod.env(c).items()}}
         log = open(c.log, "wb")
         c.proc = subprocess.Popen(["ip", "netns", "exec", pod.netns, *self._user(pod, c), *cmd],
                                   stdout=log, stderr=subprocess.STDOUT, env=env, cwd=c.root,
@@ -490,7 +504,6 @@ class Node:
             return s
 
         s = in_netns(self.ns, bind)
-        self.listeners.append(s)
         rr = itertools.count()
 
         def accept_loop():
@@ -500,13 +513,17 @@ class Node:
                 except OSError:
                     return
                 eps = self.endpoints(svc, port)
+                if os.environ.get("REHEARSAL_DEBUG"):
+                    print(f"ACCEPT {time.time():.3f} {svc['name']} {svc['ip']} eps={eps}", flush=True)
                 if not eps:  # no Ready pod: kube-proxy rejects
                     conn.close()
                     continue
                 ep = eps[next(rr) % len(eps)]
                 threading.Thread(target=self._splice, args=(conn, ep), daemon=True).start()
 
-        threading.Thread(target=accept_loop, daemon=True).start()
+        t = threading.Thread(target=accept_loop, daemon=True)
+        t.start()
+        self.listeners.append((s, t))
 
     def _splice(self, conn, ep):
         try:
@@ -524,8 +541,17 @@ class Node:
 
     def close(self):
         self.stopping.set()
-        for s in self.listeners:
+        # shutdown() wakes an accept() blocked in another thread; close() alone would not, and
+        # the descriptor, reused by the next node's listener, would then be served by this
+        # node's loop (with this node's endpoints).
+        for s, t in self.listeners:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            t.join(timeout=5)
             s.close()
+        self.listeners.clear()
         for pod in self.pods:
             for c in pod.containers:
                 if c.proc is not None and c.proc.poll() is None:
@@ -581,8 +607,9 @@ def splice(conn: socket.socket, ep: tuple[str, int]):
             while data := a.recv(65536):
                 b.sendall(data)
             b.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
+        except OSError as e:
+            if os.environ.get("REHEARSAL_DEBUG"):
+                print(f"PUMP {time.time():.3f} {e!r}", flush=True)
 
     t = threading.Thread(target=pump, args=(up, conn), daemon=True)
     t.start()

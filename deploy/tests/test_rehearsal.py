@@ -194,27 +194,20 @@ def test_fixtures_are_the_charts_rendering(helm, tmp_path):
 
 # --- natsgate in front of a 3-member cluster -------------------------------------------------------
 
-# Found by this rehearsal, not fixed yet (see the branch's report): natsgate in a pod dialing
-# nats-servers in other pods (proxy_protocol: true) intermittently logs "no INFO within
-# connect_timeout (1s)" and refuses the client with upstream_unavailable; with TLS-first upstream
-# and PROXY v2 (ci/tls-values.yaml) no member ever answers natsgate's dial. Not strict: a pass
-# is reported as XPASS.
-UPSTREAM_DIAL_FINDING = pytest.mark.xfail(
-    strict=False, reason="rehearsal finding: natsgate across pods gets no upstream INFO within connect_timeout")
-
-
-def start_cluster(node: Node, name: str):
-    pods = node.apply(fixture_docs(name), only={"nats"})
+def start_cluster(node: Node, name: str, namespace: str):
+    """The official nats chart's 3-member rendering, installed into `namespace` (helm install -n):
+    the short name `nats` resolves only from there, `nats.<namespace>.svc` from anywhere."""
+    pods = node.apply(fixture_docs(name), only={"nats"}, namespace=namespace)
     assert len(pods) == 3
     for p in pods:
         node.start(p)
     return pods
 
 
-def run_gateway(node: Node, docs: list[dict], service: str, pki, tls: bool, mtls=False):
+def run_gateway(node: Node, docs: list[dict], service: str, pki, tls: bool, mtls=False, namespace="default"):
     workloads = {d["metadata"]["name"] for d in docs if d["kind"] == "Deployment"}
     assert workloads, "no Deployment rendered"
-    pods = node.apply(docs, only=workloads, replicas=1)
+    pods = node.apply(docs, only=workloads, replicas=1, namespace=namespace)
     try:
         for p in pods:
             node.start(p)
@@ -225,36 +218,34 @@ def run_gateway(node: Node, docs: list[dict], service: str, pki, tls: bool, mtls
     return pods
 
 
-@UPSTREAM_DIAL_FINDING
 def test_edge_base_before_a_cluster(node, renders, pki):
-    cluster = start_cluster(node, "cluster")
-    pods = run_gateway(node, renders["kustomize-edge"], "natsgate-edge", pki, tls=True)
+    """deploy/edge is applied into the NATS cluster's namespace (its kustomization says so): its
+    upstream is the short Service name nats:4222."""
+    cluster = start_cluster(node, "cluster", "nats")
+    pods = run_gateway(node, renders["kustomize-edge"], "natsgate-edge", pki, tls=True, namespace="nats")
     print(describe(cluster + pods))
 
 
-@UPSTREAM_DIAL_FINDING
 @pytest.mark.parametrize("values", ["default", "monitoring", "config-toml"])
 def test_chart_before_a_cluster(node, renders, pki, values):
-    start_cluster(node, "cluster")
+    """The chart's default upstream, nats://nats:4222, is the nats Service of its own namespace."""
+    start_cluster(node, "cluster", "natsgate")
     run_gateway(node, renders[f"chart-ci-{values}"], "natsgate", pki, tls=False)
 
 
-@UPSTREAM_DIAL_FINDING
 def test_chart_tls_before_a_tls_cluster(node, renders, pki):
     """ci/tls-values.yaml: mTLS clients, upstream TLS first with a client certificate, PROXY v2,
-    the ADR-55 trusted-proxy seed, against TLS-first nats-servers that trust the seed's key."""
-    start_cluster(node, "cluster-tls")
+    the ADR-55 trusted-proxy seed, against TLS-first nats-servers that trust the seed's key, in
+    namespace nats (its servers are nats-N.nats-headless.nats.svc)."""
+    start_cluster(node, "cluster-tls", "nats")
     run_gateway(node, renders["chart-ci-tls"], "natsgate", pki, tls=True, mtls=True)
 
 
-@pytest.mark.xfail(strict=False, reason="needs natsgate's platform trust store for [upstream.tls] "
-                   "without ca_file (issue 14, src helper); the chart's extraEnv/extraVolumes are in")
 def test_chart_upstream_tls_with_the_platform_trust_store(node, helm, pki):
     """upstreamTls.enabled without existingSecret: natsgate verifies nats-server against the
     platform's trust store; SSL_CERT_FILE (set with the chart's extraEnv, the CA mounted with
-    extraVolumes/extraVolumeMounts) points it at the test CA, as a platform verifier honours it.
-    Needs natsgate with platform roots for [upstream.tls] without ca_file (issue 14, src)."""
-    start_cluster(node, "cluster-tls")
+    extraVolumes/extraVolumeMounts) points it at the test CA, as a platform verifier honours it."""
+    start_cluster(node, "cluster-tls", "natsgate")
     values = {
         "upstreamTls": {"enabled": True},
         "config": {"upstream": {"proxy_protocol": "v2", "tls": {"handshake_first": True}}},
