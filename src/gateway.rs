@@ -152,10 +152,23 @@ impl Gateway {
     /// Serves clients on `listener` (and the admin endpoints on `admin`, if given) until
     /// `shutdown` completes; then drains as configured and returns.
     pub async fn run(
+        self,
+        listener: TcpListener,
+        admin: Option<TcpListener>,
+        shutdown: impl Future<Output = ()>,
+    ) {
+        self.run_with(listener, admin, shutdown, async {}).await
+    }
+
+    /// [`Gateway::run`], with `others`: the other listeners' serving ([`Handle::serve_clients`]
+    /// on worker threads), which ends when they have drained. The admin endpoints and the
+    /// background tasks stay up until then.
+    pub async fn run_with(
         mut self,
         listener: TcpListener,
         admin: Option<TcpListener>,
         shutdown: impl Future<Output = ()>,
+        others: impl Future<Output = ()>,
     ) {
         if let Err(e) = self.bind_websocket().await {
             let bind = self.shared.config.load().websocket.as_ref().map(|w| w.bind);
@@ -208,7 +221,7 @@ impl Gateway {
                     websocket::serve(ws_shared, ws, socket).await;
                 }
             };
-            tokio::join!(listener::serve(tcp_shared, listener), ws);
+            tokio::join!(listener::serve(tcp_shared, listener), ws, others);
         };
         tokio::pin!(accept);
         tokio::select! {
@@ -271,6 +284,11 @@ impl Handle {
             &mut notes,
         );
         restart(
+            "listener.workers",
+            new.listener.workers == current.listener.workers,
+            &mut notes,
+        );
+        restart(
             "admin.bind",
             new.admin.bind == current.admin.bind,
             &mut notes,
@@ -293,6 +311,13 @@ impl Handle {
         self.shared.upstreams.set_servers(&new.upstream.servers);
         self.shared.config.store(Arc::new(new));
         Ok(notes)
+    }
+
+    /// Serves clients on one more listening socket (in the binary: a worker thread's own
+    /// runtime and `SO_REUSEPORT` socket) until shutdown starts, then drains as
+    /// [`Gateway::run`] does; connections accepted here stay on the runtime that polls this.
+    pub async fn serve_clients(&self, listener: TcpListener) {
+        listener::serve(self.shared.clone(), listener).await;
     }
 
     /// Connections open now.

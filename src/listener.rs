@@ -38,8 +38,10 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener) {
             open = shared.limits.open(),
             "drain timeout reached; closing remaining connections"
         );
+        // The drain period is the same for every listener and worker thread: past it, every
+        // connection closes. One that drained early must not cut the others short.
+        shared.stop_all.cancel();
     }
-    shared.stop_all.cancel();
     tasks.wait().await;
 }
 

@@ -62,7 +62,9 @@ fn main() -> ExitCode {
     }
     fdlimit::install(budget);
     tracing::info!("{}", config.upstream_timer_note());
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    // One event loop per thread, each with its own client socket (see `listen`): the main
+    // thread's also runs the admin endpoints and the background tasks.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
@@ -149,6 +151,7 @@ fn init_logging(config: &Config) {
 
 async fn run(config: Config) -> ExitCode {
     let bind = config.listener.bind;
+    let workers = config.listener.worker_count();
     let admin_bind = config.admin.bind;
     let mut gateway = match Gateway::new(config) {
         Ok(g) => g,
@@ -157,7 +160,7 @@ async fn run(config: Config) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let listener = match listen(bind) {
+    let (listener, more) = match listen(bind, workers) {
         Ok(l) => l,
         Err(e) => {
             tracing::error!("cannot listen on {bind}: {e}");
@@ -178,25 +181,107 @@ async fn run(config: Config) -> ExitCode {
     for n in gateway.notes() {
         tracing::info!("{n}");
     }
-    tracing::info!(%bind, admin = %admin_bind, version = env!("CARGO_PKG_VERSION"), "natsgate listening");
+    tracing::info!(%bind, admin = %admin_bind, workers, version = env!("CARGO_PKG_VERSION"), "natsgate listening");
     let handle = gateway.handle();
-    tokio::spawn(reload_on_sighup(handle));
-    gateway.run(listener, Some(admin), shutdown_signal()).await;
+    tokio::spawn(reload_on_sighup(handle.clone()));
+    let (threads, drained): (Vec<_>, Vec<_>) = more
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, l)| worker(i + 1, handle.clone(), l))
+        .unzip();
+    let others = async move {
+        for done in drained {
+            let _ = done.await;
+        }
+    };
+    gateway
+        .run_with(listener, Some(admin), shutdown_signal(), others)
+        .await;
+    // Also when `run` ended early: the workers stop accepting and drain.
+    handle.shutdown();
+    for t in threads {
+        let _ = t.join();
+    }
     tracing::info!("natsgate stopped");
     ExitCode::SUCCESS
 }
 
-/// The client listener, with nats-server's backlog (4096) rather than tokio's 1024, so a
-/// connect storm queues in the kernel instead of costing clients a 1 s SYN retransmit.
-fn listen(bind: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
-    let socket = if bind.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()?
-    } else {
-        tokio::net::TcpSocket::new_v6()?
+/// A client-serving thread with its own current-thread runtime: every connection it accepts
+/// lives on it from accept to close. The receiver completes when it has drained (or failed).
+fn worker(
+    i: usize,
+    handle: natsgate::Handle,
+    listener: std::net::TcpListener,
+) -> Option<(
+    std::thread::JoinHandle<()>,
+    tokio::sync::oneshot::Receiver<()>,
+)> {
+    let (done, drained) = tokio::sync::oneshot::channel();
+    let spawned = std::thread::Builder::new()
+        .name(format!("natsgate-w{i}"))
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => return tracing::error!(worker = i, "cannot start a worker: {e}"),
+            };
+            runtime.block_on(async move {
+                match tokio::net::TcpListener::from_std(listener) {
+                    Ok(l) => handle.serve_clients(l).await,
+                    Err(e) => tracing::error!(worker = i, "cannot start a worker: {e}"),
+                }
+            });
+            let _ = done.send(());
+        });
+    spawned
+        .map_err(|e| tracing::error!(worker = i, "cannot start a worker thread: {e}"))
+        .ok()
+        .map(|t| (t, drained))
+}
+
+/// The client listeners, one per worker, with nats-server's backlog (4096) rather than
+/// tokio's 1024, so a connect storm queues in the kernel instead of costing clients a 1 s SYN
+/// retransmit. With more than one worker they share the address with `SO_REUSEPORT`; as that
+/// would also let a second natsgate started by the same user share it silently, the address
+/// is first bound once without it, which fails if anything listens there already.
+fn listen(
+    bind: std::net::SocketAddr,
+    workers: usize,
+) -> std::io::Result<(tokio::net::TcpListener, Vec<std::net::TcpListener>)> {
+    let socket = |reuseport: bool| -> std::io::Result<tokio::net::TcpSocket> {
+        let s = if bind.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        s.set_reuseaddr(true)?;
+        if reuseport {
+            s.set_reuseport(true)?;
+        }
+        Ok(s)
     };
-    socket.set_reuseaddr(true)?;
-    socket.bind(bind)?;
-    socket.listen(4096)
+    if workers <= 1 {
+        let s = socket(false)?;
+        s.bind(bind)?;
+        return Ok((s.listen(4096)?, Vec::new()));
+    }
+    if bind.port() != 0 {
+        socket(false)?.bind(bind)?;
+    }
+    let first = socket(true)?;
+    first.bind(bind)?;
+    let first = first.listen(4096)?;
+    let addr = first.local_addr()?;
+    let more = (1..workers)
+        .map(|_| {
+            let s = socket(true)?;
+            s.bind(addr)?;
+            s.listen(4096)?.into_std()
+        })
+        .collect::<std::io::Result<Vec<_>>>()?;
+    Ok((first, more))
 }
 
 async fn shutdown_signal() {

@@ -34,8 +34,12 @@ const EJECT_MAX: Duration = Duration::from_secs(10);
 /// stays fresh and a member that died while idle is noticed before a client pays for it.
 const PROBE_HEALTHY_EVERY: Duration = Duration::from_secs(5);
 /// How long a client's dial waits after INFO for a `-ERR` right behind it (nats-server at its
-/// `max_connections` writes INFO, then the `-ERR`, a few microseconds apart). The INFO must not
-/// reach the client before this is known: its nonce belongs to a member it will not talk to.
+/// `max_connections` writes INFO, then the `-ERR`, a few microseconds apart) when that INFO is
+/// relayed to the client (`on_accept`): it must not reach the client before this is known, its
+/// nonce belongs to a member the client will not talk to. When the client already has
+/// natsgate's own INFO (`after_connect`), the dial only looks at what has arrived with the INFO
+/// and does not wait: a timer costs every connection a wake-up and 1–2 ms (tokio's timer wheel
+/// has 1 ms slots), and a `-ERR` that comes later reaches the client as nats-server's own.
 const REFUSAL_SETTLE_CLIENT: Duration = Duration::from_millis(1);
 /// The background probe can afford to wait longer, and it ejects a member at its limit before
 /// clients reach it.
@@ -63,11 +67,13 @@ pub(crate) trait Dial: Sync {
     /// The upstream socket handed to the relay.
     type Io: AsyncRead + AsyncWrite + Unpin + Send;
 
-    /// Dials before `deadline`; `client` is `(source, destination)` for the PROXY header.
+    /// Dials before `deadline`; `client` is `(source, destination)` for the PROXY header;
+    /// `relayed`: the upstream INFO goes to the client (see [`REFUSAL_SETTLE_CLIENT`]).
     fn dial(
         &self,
         deadline: tokio::time::Instant,
         client: Option<(SocketAddr, SocketAddr)>,
+        relayed: bool,
     ) -> impl std::future::Future<Output = Result<UpstreamConn<Self::Io>, DialError>> + Send;
 
     /// The most recent INFO any upstream sent (nonce included), if one has.
@@ -81,8 +87,14 @@ impl Dial for Upstreams {
         &self,
         deadline: tokio::time::Instant,
         client: Option<(SocketAddr, SocketAddr)>,
+        relayed: bool,
     ) -> impl std::future::Future<Output = Result<UpstreamConn, DialError>> + Send {
-        Upstreams::dial(self, deadline, client)
+        let settle = if relayed {
+            REFUSAL_SETTLE_CLIENT
+        } else {
+            Duration::ZERO
+        };
+        Upstreams::dial(self, deadline, client, settle)
     }
 
     /// Only while a member is up: with every member down, natsgate must not answer clients
@@ -261,11 +273,13 @@ impl Upstreams {
     /// Dials members until one delivers its INFO, never past `deadline`. If the member tried
     /// has not delivered INFO after the hedge delay, the next is dialed in parallel and the
     /// first INFO wins. Every failed, clipped or abandoned attempt counts against its member.
-    /// `client` is `(source, destination)` for the PROXY header.
+    /// `client` is `(source, destination)` for the PROXY header; `settle`: how long to wait
+    /// after INFO for a `-ERR` behind it (zero: only what has already arrived).
     pub(crate) async fn dial(
         &self,
         deadline: tokio::time::Instant,
         client: Option<(SocketAddr, SocketAddr)>,
+        settle: Duration,
     ) -> Result<UpstreamConn, DialError> {
         let mut queue = self.order().into_iter();
         let mut running = FuturesUnordered::new();
@@ -278,7 +292,7 @@ impl Upstreams {
                 match queue.next() {
                     Some(m) => {
                         in_flight.push(m.clone());
-                        running.push(self.attempt(m, client, REFUSAL_SETTLE_CLIENT));
+                        running.push(self.attempt(m, client, settle));
                         hedge = now + self.settings.hedge_delay;
                     }
                     None if running.is_empty() => return Err(DialError::Unavailable(last_err)),
@@ -422,12 +436,18 @@ impl Upstreams {
 
 /// A member at its own limit (or refusing for another reason) writes `-ERR` right behind its
 /// INFO and closes. Looks for it for `settle` without consuming anything: a healthy member sends
-/// nothing more until CONNECT.
+/// nothing more until CONNECT. A zero `settle` looks only at what has arrived, with no timer.
 async fn refused_after_info(tcp: &TcpStream, settle: Duration) -> std::io::Result<()> {
+    use futures_util::FutureExt;
     let mut buf = [0u8; 128];
-    let n = match tokio::time::timeout(settle, tcp.peek(&mut buf)).await {
-        Err(_) => return Ok(()),
-        Ok(r) => r?,
+    let peeked = if settle.is_zero() {
+        tcp.peek(&mut buf).now_or_never()
+    } else {
+        tokio::time::timeout(settle, tcp.peek(&mut buf)).await.ok()
+    };
+    let n = match peeked {
+        None => return Ok(()),
+        Some(r) => r?,
     };
     if n == 0 {
         return Err(invalid("upstream closed right after INFO"));

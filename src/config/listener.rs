@@ -48,6 +48,12 @@ pub struct ListenerConfig {
     /// `[listener.proxy_protocol]`: accept a PROXY v1/v2 header from a load balancer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proxy_protocol: Option<InboundProxyConfig>,
+    /// Threads serving clients, each with its own event loop and its own listening socket
+    /// (`SO_REUSEPORT`: the kernel spreads new connections over them); a connection stays on
+    /// the thread that accepted it, so no connection's work wakes another thread. 0: one per
+    /// CPU the process may use (its cgroup quota included). Takes effect at start.
+    #[serde(default)]
+    pub workers: usize,
 }
 
 /// `[listener.proxy_protocol]`: behind an L4 load balancer, the client's real address comes in
@@ -77,6 +83,14 @@ fn default_bind() -> SocketAddr {
 }
 
 impl ListenerConfig {
+    /// The number of client-serving threads: `workers`, or one per usable CPU when 0.
+    pub fn worker_count(&self) -> usize {
+        match self.workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
+    }
+
     /// The pending connections one address may hold: `max_pending_per_ip` when set, else half
     /// of `max_pending` (at least 1).
     pub fn pending_per_ip_cap(&self) -> usize {

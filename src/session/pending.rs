@@ -130,7 +130,7 @@ impl<'a, S: PeekByte, D: Dial> Pending<'a, S, D> {
     /// `on_accept`: nats-server's own INFO (and nonce) is relayed, so its authorization timer
     /// runs while the client talks to natsgate.
     async fn on_accept(&mut self) -> Result<Established<D::Io>, Refusal> {
-        let UpstreamConn { mut stream, info } = self.dial(self.deadline).await?;
+        let UpstreamConn { mut stream, info } = self.dial(self.deadline, true).await?;
         let nonce = self.nonce_to_sign(&info);
         self.send_info(info).await?;
         self.classic_tls().await?;
@@ -149,7 +149,7 @@ impl<'a, S: PeekByte, D: Dial> Pending<'a, S, D> {
         let (buf, first) = self.read_connect().await?;
         // The window is over for the client; the dial gets its own limit.
         let limit = Instant::now() + self.config.upstream.connect_timeout;
-        let UpstreamConn { mut stream, info } = self.dial(limit).await?;
+        let UpstreamConn { mut stream, info } = self.dial(limit, false).await?;
         // A nonce upstream matters only to a client that signs (nkey or JWT): it signed none.
         // A password or token client is served; natsgate's own ADR-55 signature still applies.
         let signs = match &first {
@@ -298,8 +298,9 @@ impl<'a, S: PeekByte, D: Dial> Pending<'a, S, D> {
     /// Step 3: an upstream connection that has sent its INFO, before `limit`. Boxed: the
     /// dial's state is large and short-lived, and a pending connection should cost only what
     /// it holds while it waits.
-    async fn dial(&self, limit: Instant) -> Result<UpstreamConn<D::Io>, Refusal> {
-        let dial = Box::pin(self.dialer.dial(limit, Some(self.addrs)));
+    /// `relayed`: the upstream INFO goes to this client.
+    async fn dial(&self, limit: Instant, relayed: bool) -> Result<UpstreamConn<D::Io>, Refusal> {
+        let dial = Box::pin(self.dialer.dial(limit, Some(self.addrs), relayed));
         // A dial cut short by the window is upstream's failure, not the client's: it is counted
         // against the members and as `upstream_unavailable`.
         dial.await.map_err(|e| Refusal::Upstream(e.to_string()))

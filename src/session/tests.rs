@@ -137,6 +137,7 @@ impl Dial for Upstream {
         &self,
         deadline: Instant,
         _client: Option<(SocketAddr, SocketAddr)>,
+        _relayed: bool,
     ) -> Result<UpstreamConn<DuplexStream>, DialError> {
         let delay = match self.answer {
             Answer::Unavailable => return Err(DialError::Unavailable("refused".into())),
