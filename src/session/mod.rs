@@ -39,12 +39,22 @@ pub(crate) async fn serve(
     let accepted = Instant::now();
     let config = shared.config.load_full();
     // Boxed: the pending state is the largest part of a connection's task and is dropped once
-    // the connection is established, so an established connection no longer carries it.
-    let pending = pend(&shared, &config, tcp, peer, &mut admission, accepted);
-    if let Some((client, established, info_sent, log)) = Box::pin(pending).await {
-        admission.established();
-        relay_to_end(&shared, client, established, info_sent, &log).await;
-    }
+    // the connection is established, so an established connection no longer carries it. What
+    // it does carry is the relay, inline: one allocation per connection.
+    let pending = boxed(pend(&shared, &config, tcp, peer, &mut admission, accepted));
+    let established = pending.await;
+    drop(config);
+    let Some((client, established, info_sent, log)) = established else {
+        return;
+    };
+    admission.established();
+    relay_to_end(&shared, client, established, info_sent, log).await;
+}
+
+/// `Box::pin` in a plain function: an async fn in which the unboxed future exists, even only
+/// as a temporary of the statement that awaits it, keeps room for it in its own state too.
+fn boxed<F: std::future::Future>(f: F) -> std::pin::Pin<Box<F>> {
+    Box::pin(f)
 }
 
 /// The pending phase up to an established connection (or a refusal, answered and logged here).
@@ -166,31 +176,28 @@ async fn refuse(
     }
 }
 
-/// Relays an established connection until it ends, then writes its close line.
-async fn relay_to_end(
-    shared: &Shared,
+/// Relays an established connection until it ends, then writes its close line. Not an async
+/// fn: its future is the relay's, holding what the close line needs, each thing once.
+fn relay_to_end<'a>(
+    shared: &'a Shared,
     client: Stream,
     established: Established<Stream>,
     info_sent: usize,
-    log: &CloseLog,
-) {
+    log: CloseLog,
+) -> impl std::future::Future<Output = ()> + 'a {
     let server = protocol::ServerStream::with_rewrite(established.rewrite);
-    // Boxed: the relay state exists only once the connection is established, so the task of a
-    // pending connection does not carry it.
-    let mut outcome = Box::pin(relay::relay(
-        client,
-        established.upstream,
-        server,
-        &shared.metrics,
-        relay::Stop {
-            lame_duck: &shared.lame_duck,
-            now: &shared.stop_all,
-        },
-    ))
-    .await;
-    outcome.client_to_upstream += established.forwarded as u64;
-    outcome.upstream_to_client += info_sent as u64;
-    log.closed(&outcome, &established.identity);
+    let stop = relay::Stop {
+        lame_duck: &shared.lame_duck,
+        now: &shared.stop_all,
+    };
+    let (identity, forwarded) = (established.identity, established.forwarded);
+    let finish = move |mut outcome: relay::Outcome| {
+        outcome.client_to_upstream += forwarded as u64;
+        outcome.upstream_to_client += info_sent as u64;
+        log.closed(&outcome, &identity);
+    };
+    let upstream = established.upstream;
+    relay::relay(client, upstream, server, &shared.metrics, stop, finish)
 }
 
 /// Sends a final `-ERR`, then closes in a way that lets the client read it: FIN first, then a

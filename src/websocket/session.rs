@@ -17,7 +17,7 @@ use crate::config::Config;
 use crate::limits::Admission;
 use crate::metrics::Reject;
 use crate::protocol::ServerStream;
-use crate::relay::relay_halves;
+use crate::relay::relay;
 use crate::session::{close_with, CloseLog, Established, Pending, Refusal};
 use crate::shared::Shared;
 use crate::stream::Stream;
@@ -228,24 +228,24 @@ async fn relay_to_end(
         io.established();
     }
     let server = ServerStream::with_rewrite(established.rewrite);
-    let (cr, cw) = tokio::io::split(client);
-    let metrics = &shared.metrics;
     let stop = crate::relay::Stop {
         lame_duck: &shared.lame_duck,
         now: stop,
     };
-    // Boxed: the relay state exists only once the connection is established.
-    let mut outcome = match established.upstream {
-        Stream::Plain(mut tcp) => {
-            let (ur, uw) = tcp.split();
-            Box::pin(relay_halves(cr, cw, ur, uw, server, metrics, stop)).await
-        }
-        upstream => {
-            let (ur, uw) = tokio::io::split(upstream);
-            Box::pin(relay_halves(cr, cw, ur, uw, server, metrics, stop)).await
-        }
+    let (identity, forwarded) = (&established.identity, established.forwarded);
+    let finish = |mut outcome: crate::relay::Outcome| {
+        outcome.client_to_upstream += forwarded as u64;
+        outcome.upstream_to_client += info_sent as u64;
+        log.closed(&outcome, identity);
     };
-    outcome.client_to_upstream += established.forwarded as u64;
-    outcome.upstream_to_client += info_sent as u64;
-    log.closed(&outcome, &established.identity);
+    // Boxed: the relay state exists only once the connection is established.
+    let relayed = relay(
+        client,
+        established.upstream,
+        server,
+        &shared.metrics,
+        stop,
+        finish,
+    );
+    Box::pin(relayed).await;
 }
