@@ -71,23 +71,39 @@ pub(crate) struct Stop<'a> {
     pub(crate) now: &'a CancellationToken,
 }
 
+/// What a relay needs from the proxy it runs in. The relay owns it (an `Arc` of the proxy's
+/// state in practice), so that a connection's task is one future that borrows from nothing.
+pub(crate) trait Host {
+    fn metrics(&self) -> &Metrics;
+    fn stop(&self) -> Stop<'_>;
+}
+
+impl Host for (&Metrics, Stop<'_>) {
+    fn metrics(&self) -> &Metrics {
+        self.0
+    }
+    fn stop(&self) -> Stop<'_> {
+        self.1
+    }
+}
+
 /// Relays until both sides are done (or one fails, or `stop` fires), then hands the outcome
 /// to `finish` (the close log line) and returns what it returns. Both sockets are closed then,
 /// because it owns them. One task polls both directions, by hand: what an idle connection
 /// keeps is this future, a few hundred bytes (see `the_relay_future_stays_small`); timers and
 /// buffers exist only while needed. `finish` is part of it rather than a wrapper around it
 /// because an async block that awaits a future it holds keeps two copies of it.
-pub(crate) fn relay<'a, C, U, T>(
+pub(crate) fn relay<C, U, H, T>(
     client: C,
     upstream: U,
     server: ServerStream,
-    metrics: &'a Metrics,
-    stop: Stop<'a>,
-    finish: impl FnOnce(Outcome) -> T + 'a,
-) -> impl Future<Output = T> + 'a
+    host: H,
+    finish: impl FnOnce(Outcome) -> T,
+) -> impl Future<Output = T>
 where
-    C: AsyncRead + AsyncWrite + Unpin + 'a,
-    U: AsyncRead + AsyncWrite + Unpin + 'a,
+    C: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+    H: Host,
 {
     // Built here and moved into the future once (an async fn would keep its arguments and
     // its locals apart).
@@ -104,6 +120,7 @@ where
         close_at: None,
     };
     async move {
+        let (metrics, stop) = (host.metrics(), host.stop());
         let stopped = stop.now.cancelled();
         let lame = stop.lame_duck.signal.cancelled();
         tokio::pin!(stopped, lame);
@@ -555,8 +572,7 @@ mod tests {
                     Stream::Plain(client_side),
                     Stream::Plain(upstream_side),
                     server,
-                    &metrics,
-                    stop,
+                    (&metrics, stop),
                     |o| o,
                 )
                 .await
@@ -610,8 +626,7 @@ mod tests {
             Stream::Plain(client_side),
             Stream::Plain(upstream_side),
             server,
-            &metrics,
-            stop,
+            (&metrics, stop),
             |o| o,
         );
         let size = std::mem::size_of_val(&fut);
@@ -645,8 +660,7 @@ mod tests {
                     Stream::Plain(client_side),
                     Stream::Plain(upstream_side),
                     server,
-                    &metrics,
-                    stop,
+                    (&metrics, stop),
                     |o| o,
                 )
                 .await;

@@ -1,13 +1,13 @@
 //! Reaching nats-server: server rotation across a cluster, the PROXY header, upstream TLS and
 //! reading the INFO line that every connection starts with.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
-use futures_util::stream::{FuturesUnordered, StreamExt};
 use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -282,7 +282,10 @@ impl Upstreams {
         settle: Duration,
     ) -> Result<UpstreamConn, DialError> {
         let mut queue = self.order().into_iter();
-        let mut running = FuturesUnordered::new();
+        // Polled with this task's own waker (not a FuturesUnordered, whose per-future waker
+        // would stay registered on the chosen upstream socket, and its node allocated, for as
+        // long as the connection lives). Rarely more than one.
+        let mut running = Vec::new();
         let mut in_flight: Vec<Arc<Member>> = Vec::new();
         let mut last_err = String::from("no servers configured");
         let mut hedge = tokio::time::Instant::now();
@@ -292,15 +295,24 @@ impl Upstreams {
                 match queue.next() {
                     Some(m) => {
                         in_flight.push(m.clone());
-                        running.push(self.attempt(m, client, settle));
+                        running.push(Box::pin(self.attempt(m, client, settle)));
                         hedge = now + self.settings.hedge_delay;
                     }
                     None if running.is_empty() => return Err(DialError::Unavailable(last_err)),
                     None => hedge = deadline + Duration::from_secs(3600),
                 }
             }
+            let next = std::future::poll_fn(|cx| {
+                for (i, attempt) in running.iter_mut().enumerate() {
+                    if let std::task::Poll::Ready(out) = attempt.as_mut().poll(cx) {
+                        return std::task::Poll::Ready((i, out));
+                    }
+                }
+                std::task::Poll::Pending
+            });
             tokio::select! {
-                Some((m, started, result)) = running.next() => {
+                (i, (m, started, result)) = next => {
+                    drop(running.swap_remove(i));
                     in_flight.retain(|x| !Arc::ptr_eq(x, &m));
                     match result {
                         Ok(conn) => {

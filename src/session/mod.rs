@@ -13,6 +13,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::future::Either;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -30,31 +31,57 @@ pub(crate) use refusal::Refusal;
 const LINGER: Duration = Duration::from_millis(250);
 
 /// Serves one accepted connection to its end. Never panics on client or upstream input.
-pub(crate) async fn serve(
+///
+/// The connection's task is the pending phase, in a box that is freed once the connection is
+/// established, then the relay's future in its place: an idle established connection holds
+/// the relay and what its close line needs, once each (`flatten` keeps the two phases in one
+/// slot; an async fn here would keep its arguments, the pending phase's result and the relay
+/// side by side).
+pub(crate) fn serve(
+    shared: Arc<Shared>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    admission: Admission,
+) -> impl std::future::Future<Output = ()> + Send {
+    use futures_util::FutureExt;
+    Box::pin(establish(shared, tcp, peer, admission)).flatten()
+}
+
+/// The pending phase; returns the relay to run (not yet started), or nothing after a refusal.
+async fn establish(
     shared: Arc<Shared>,
     tcp: TcpStream,
     peer: SocketAddr,
     mut admission: Admission,
-) {
+) -> Either<std::future::Ready<()>, impl std::future::Future<Output = ()> + Send> {
     let accepted = Instant::now();
     let config = shared.config.load_full();
-    // Boxed: the pending state is the largest part of a connection's task and is dropped once
-    // the connection is established, so an established connection no longer carries it. What
-    // it does carry is the relay, inline: one allocation per connection.
-    let pending = boxed(pend(&shared, &config, tcp, peer, &mut admission, accepted));
-    let established = pending.await;
-    drop(config);
-    let Some((client, established, info_sent, log)) = established else {
-        return;
+    let pending = pend(&shared, &config, tcp, peer, &mut admission, accepted).await;
+    let Some((client, established, info_sent, log)) = pending else {
+        return Either::Left(std::future::ready(()));
     };
     admission.established();
-    relay_to_end(&shared, client, established, info_sent, log).await;
+    Either::Right(relay_to_end(
+        shared,
+        client,
+        established,
+        info_sent,
+        log,
+        admission,
+    ))
 }
 
-/// `Box::pin` in a plain function: an async fn in which the unboxed future exists, even only
-/// as a temporary of the statement that awaits it, keeps room for it in its own state too.
-fn boxed<F: std::future::Future>(f: F) -> std::pin::Pin<Box<F>> {
-    Box::pin(f)
+/// The relay's view of the proxy: owned by the connection's relay future.
+impl relay::Host for Arc<Shared> {
+    fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.metrics
+    }
+    fn stop(&self) -> relay::Stop<'_> {
+        relay::Stop {
+            lame_duck: &self.lame_duck,
+            now: &self.stop_all,
+        }
+    }
 }
 
 /// The pending phase up to an established connection (or a refusal, answered and logged here).
@@ -176,28 +203,26 @@ async fn refuse(
     }
 }
 
-/// Relays an established connection until it ends, then writes its close line. Not an async
-/// fn: its future is the relay's, holding what the close line needs, each thing once.
-fn relay_to_end<'a>(
-    shared: &'a Shared,
+/// The relay of an established connection, ending with its close line (and the end of its
+/// admission: the connection no longer counts once the line is written). Not an async fn: its
+/// future is the relay's, holding what the close line needs, each thing once.
+fn relay_to_end(
+    shared: Arc<Shared>,
     client: Stream,
     established: Established<Stream>,
     info_sent: usize,
     log: CloseLog,
-) -> impl std::future::Future<Output = ()> + 'a {
+    admission: Admission,
+) -> impl std::future::Future<Output = ()> + Send {
     let server = protocol::ServerStream::with_rewrite(established.rewrite);
-    let stop = relay::Stop {
-        lame_duck: &shared.lame_duck,
-        now: &shared.stop_all,
-    };
     let (identity, forwarded) = (established.identity, established.forwarded);
     let finish = move |mut outcome: relay::Outcome| {
         outcome.client_to_upstream += forwarded as u64;
         outcome.upstream_to_client += info_sent as u64;
         log.closed(&outcome, &identity);
+        drop(admission);
     };
-    let upstream = established.upstream;
-    relay::relay(client, upstream, server, &shared.metrics, stop, finish)
+    relay::relay(client, established.upstream, server, shared, finish)
 }
 
 /// Sends a final `-ERR`, then closes in a way that lets the client read it: FIN first, then a

@@ -243,8 +243,7 @@ async fn relay_to_end(
         client,
         established.upstream,
         server,
-        &shared.metrics,
-        stop,
+        (&*shared.metrics, stop),
         finish,
     );
     Box::pin(relayed).await;
