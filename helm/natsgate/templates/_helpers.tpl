@@ -168,6 +168,9 @@ max_pending = {{ int $c.listener.max_pending }}
 max_pending_per_ip = {{ int $c.listener.max_pending_per_ip }}
 {{- end }}
 max_control_line = {{ int $c.listener.max_control_line }}
+{{- if $c.listener.workers }}
+workers = {{ int $c.listener.workers }}
+{{- end }}
 
 [authorization]
 timeout = {{ $c.authorization.timeout | toJson }}
