@@ -30,6 +30,10 @@ pub(crate) const MAX_INFO_LINE: usize = 256 * 1024;
 const EJECT_FIRST: Duration = Duration::from_secs(1);
 /// ...up to this, so a recovered member is back within about this long.
 const EJECT_MAX: Duration = Duration::from_secs(10);
+/// How long a member's resolved addresses are used before its name is looked up again. A
+/// host name (a Kubernetes Service) would otherwise cost a DNS query per client connection;
+/// a failed connect forgets them at once, so a moved pod is followed on the next attempt.
+const RESOLVED_FOR: Duration = Duration::from_secs(5);
 /// A member that answered is probed again after this long without a dial, so the latest INFO
 /// stays fresh and a member that died while idle is noticed before a client pays for it.
 const PROBE_HEALTHY_EVERY: Duration = Duration::from_secs(5);
@@ -125,7 +129,25 @@ pub(crate) struct Member {
     ejected_until: AtomicU64,
     /// When it last answered with INFO (ms since the epoch; 0 = never).
     last_ok: AtomicU64,
+    /// Its host name's addresses, while fresh (`None` for an address literal: nothing to look up).
+    resolved: std::sync::Mutex<Resolved>,
     metrics: MemberMetrics,
+}
+
+/// A member's looked-up addresses and when they were looked up.
+#[derive(Default)]
+struct Resolved {
+    addrs: Vec<SocketAddr>,
+    at: Option<Instant>,
+}
+
+impl Resolved {
+    /// The addresses, if looked up less than [`RESOLVED_FOR`] before `now`.
+    fn fresh(&self, now: Instant) -> Option<Vec<SocketAddr>> {
+        let at = self.at?;
+        (now.saturating_duration_since(at) < RESOLVED_FOR && !self.addrs.is_empty())
+            .then(|| self.addrs.clone())
+    }
 }
 
 impl Member {
@@ -137,8 +159,35 @@ impl Member {
             failures: AtomicU32::new(0),
             ejected_until: AtomicU64::new(0),
             last_ok: AtomicU64::new(0),
+            resolved: std::sync::Mutex::new(Resolved::default()),
             metrics,
         }
+    }
+
+    /// Connects to this member: to its address, or to its name's addresses (looked up at most
+    /// every [`RESOLVED_FOR`], forgotten when none of them accepts).
+    async fn connect(&self) -> std::io::Result<TcpStream> {
+        let (host, port) = (self.server.host.as_str(), self.server.port);
+        if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+            return TcpStream::connect((ip, port)).await;
+        }
+        let cached = self.locked_resolved().fresh(Instant::now());
+        let addrs = match cached {
+            Some(a) => a,
+            None => {
+                let a: Vec<SocketAddr> = tokio::net::lookup_host((host, port)).await?.collect();
+                *self.locked_resolved() = Resolved {
+                    addrs: a.clone(),
+                    at: Some(Instant::now()),
+                };
+                a
+            }
+        };
+        TcpStream::connect(&addrs[..]).await
+    }
+
+    fn locked_resolved(&self) -> std::sync::MutexGuard<'_, Resolved> {
+        self.resolved.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn up(&self) -> bool {
@@ -157,6 +206,8 @@ impl Member {
     /// Records a failed, clipped or abandoned attempt and ejects the member for a backoff that
     /// doubles while it keeps failing.
     fn failed(&self, now_ms: u64, why: &str) {
+        // Its name is looked up again on the next attempt: the pod behind it may have moved.
+        self.locked_resolved().at = None;
         self.metrics.errors.increment(1);
         self.metrics.up.set(0.0);
         let failures = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
@@ -354,12 +405,11 @@ impl Upstreams {
     ) -> (Arc<Member>, Instant, Result<UpstreamConn, String>) {
         let started = Instant::now();
         let limit = self.settings.connect_timeout;
-        let result =
-            match tokio::time::timeout(limit, self.dial_one(&m.server, client, settle)).await {
-                Ok(Ok((stream, info))) => Ok(UpstreamConn { stream, info }),
-                Ok(Err(e)) => Err(e.to_string()),
-                Err(_) => Err(format!("no INFO within connect_timeout ({limit:?})")),
-            };
+        let result = match tokio::time::timeout(limit, self.dial_one(&m, client, settle)).await {
+            Ok(Ok((stream, info))) => Ok(UpstreamConn { stream, info }),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("no INFO within connect_timeout ({limit:?})")),
+        };
         (m, started, result)
     }
 
@@ -404,11 +454,12 @@ impl Upstreams {
 
     async fn dial_one(
         &self,
-        server: &UpstreamServer,
+        member: &Member,
         client: Option<(SocketAddr, SocketAddr)>,
         settle: Duration,
     ) -> std::io::Result<(Stream, Info)> {
-        let tcp = TcpStream::connect((server.host.as_str(), server.port)).await?;
+        let server = &member.server;
+        let tcp = member.connect().await?;
         tcp.set_nodelay(true)?;
         let mut tcp = tcp;
         // nats-server sends INFO before it reads the PROXY header, so write it at once.
@@ -531,4 +582,69 @@ async fn read_info_line(stream: &mut Stream) -> std::io::Result<Vec<u8>> {
 
 fn invalid(e: impl std::fmt::Display) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(host: &str, port: u16) -> Member {
+        let server: UpstreamServer = format!("nats://{host}:{port}").parse().unwrap();
+        Member::new(server, &Metrics::new())
+    }
+
+    #[test]
+    fn resolved_addresses_are_fresh_for_a_while_only() {
+        let now = Instant::now();
+        let addr: SocketAddr = "127.0.0.1:4222".parse().unwrap();
+        let r = Resolved {
+            addrs: vec![addr],
+            at: Some(now),
+        };
+        assert_eq!(r.fresh(now), Some(vec![addr]));
+        assert_eq!(
+            r.fresh(now + RESOLVED_FOR - Duration::from_millis(1)),
+            Some(vec![addr])
+        );
+        assert_eq!(r.fresh(now + RESOLVED_FOR), None);
+        assert_eq!(Resolved::default().fresh(now), None);
+        let empty = Resolved {
+            addrs: vec![],
+            at: Some(now),
+        };
+        assert_eq!(empty.fresh(now), None);
+    }
+
+    /// A host name is looked up once and reused; a failure forgets it; an address literal is
+    /// never looked up.
+    #[tokio::test]
+    async fn a_member_name_is_looked_up_once_then_again_after_a_failure() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let m = member("localhost", port);
+        assert!(m.locked_resolved().at.is_none());
+        let _a = m.connect().await.unwrap();
+        let first = m.locked_resolved().at.expect("looked up");
+        let _b = m.connect().await.unwrap();
+        assert_eq!(
+            m.locked_resolved().at,
+            Some(first),
+            "looked up again within RESOLVED_FOR"
+        );
+        assert!(m.locked_resolved().addrs.iter().any(|a| a.port() == port));
+        m.failed(1, "test");
+        assert!(
+            m.locked_resolved().at.is_none(),
+            "a failure keeps the stale addresses"
+        );
+        let _c = m.connect().await.unwrap();
+        assert!(m.locked_resolved().at.is_some());
+
+        let literal = member("127.0.0.1", port);
+        let _d = literal.connect().await.unwrap();
+        assert!(
+            literal.locked_resolved().at.is_none(),
+            "an address literal was looked up"
+        );
+    }
 }

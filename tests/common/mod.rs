@@ -106,16 +106,24 @@ impl NatsServer {
     }
 
     /// Starts nats-server with exactly `conf` (plus port, monitor port and log settings).
+    /// Ports are picked by bind-and-release, so another process may take one before
+    /// nats-server binds it: then it is started again on new ones (at most 3 times).
     pub fn start_with(conf: &str) -> NatsServer {
-        let mut server = NatsServer {
-            port: free_port(),
-            monitor_port: free_port(),
-            dir: tempfile::tempdir().expect("tempdir"),
-            child: None,
-            conf: conf.to_string(),
-        };
-        server.spawn();
-        server
+        let mut tries = 0;
+        loop {
+            let mut server = NatsServer {
+                port: free_port(),
+                monitor_port: free_port(),
+                dir: tempfile::tempdir().expect("tempdir"),
+                child: None,
+                conf: conf.to_string(),
+            };
+            match server.try_spawn() {
+                Ok(()) => return server,
+                Err(log) if tries < 3 && log.contains("address already in use") => tries += 1,
+                Err(log) => panic!("nats-server ({log}) did not start"),
+            }
+        }
     }
 
     /// `n` servers routed into one cluster, each with [`NatsServer::start`]'s auth.
@@ -153,6 +161,14 @@ impl NatsServer {
     }
 
     fn spawn(&mut self) {
+        if let Err(log) = self.try_spawn() {
+            panic!("nats-server ({log}) did not start");
+        }
+    }
+
+    /// Starts the process and waits for its client port; `Err(its log)` if it exits first or
+    /// never listens.
+    fn try_spawn(&mut self) -> Result<(), String> {
         let conf = format!(
             "listen: 127.0.0.1:{}\nhttp: 127.0.0.1:{}\nlogfile: \"{}\"\n{}\n",
             self.port,
@@ -169,7 +185,19 @@ impl NatsServer {
             .spawn()
             .expect("start nats-server");
         self.child = Some(child);
-        wait_for_port(self.addr(), || format!("nats-server ({})", self.log()));
+        let deadline = std::time::Instant::now() + patient(Duration::from_secs(10));
+        while std::net::TcpStream::connect(self.addr()).is_err() {
+            let exited = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
+            if exited.is_some() || std::time::Instant::now() >= deadline {
+                self.stop();
+                return Err(self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
     }
 
     pub fn url(&self) -> String {
