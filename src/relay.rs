@@ -174,13 +174,9 @@ where
 {
     fn poll(&mut self, cx: &mut Context<'_>, metrics: &Metrics, stop: Stop<'_>) -> Poll<RelayEnd> {
         let (client, upstream) = (&mut self.client, &mut self.upstream);
-        // Client to upstream: bytes as they come.
         if !self.up.done {
-            match self
-                .up
-                .poll(cx, client, upstream, &metrics.client_to_upstream, |_, _| {
-                    None
-                }) {
+            let counter = &metrics.client_to_upstream;
+            match self.up.poll(cx, client, upstream, counter, &mut Verbatim) {
                 Poll::Ready(Err(e)) => return Poll::Ready(RelayEnd::Error(e)),
                 Poll::Ready(Ok(())) if self.down.done => {
                     return Poll::Ready(RelayEnd::UpstreamClosed)
@@ -189,22 +185,16 @@ where
                 Poll::Pending => {}
             }
         }
-        // Upstream to client: INFO lines rewritten, the upstream's verdict noted, the lame-duck
-        // INFO interjected between two ops.
         if !self.down.done {
-            let (server, verdict, due) = (&mut self.server, &mut self.verdict, &mut self.due);
-            let follow = |bytes: &[u8], boundary: bool| {
-                if boundary {
-                    let ready = *due && server.at_op_boundary();
-                    *due &= !ready;
-                    return ready.then(|| stop.lame_duck.announcement(server.rewrite()));
-                }
-                follow_server(server, verdict, metrics, bytes)
+            let mut follow = Downstream {
+                server: &mut self.server,
+                verdict: &mut self.verdict,
+                due: &mut self.due,
+                metrics,
+                lame_duck: stop.lame_duck,
             };
-            match self
-                .down
-                .poll(cx, upstream, client, &metrics.upstream_to_client, follow)
-            {
+            let counter = &metrics.upstream_to_client;
+            match self.down.poll(cx, upstream, client, counter, &mut follow) {
                 Poll::Ready(Err(e)) => return Poll::Ready(RelayEnd::Error(e)),
                 Poll::Ready(Ok(())) if self.up.done => return Poll::Ready(RelayEnd::ClientClosed),
                 Poll::Ready(Ok(())) => {
@@ -269,15 +259,14 @@ struct Dir {
 
 impl Dir {
     /// Moves bytes until the reader would block (`Pending`), the direction ends (`Ready(Ok)`),
-    /// or it fails. `follow(bytes, false)` sees each chunk read and may replace it;
-    /// `follow(&[], true)` is asked between chunks for bytes of natsgate's own to write.
+    /// or it fails; `follow` sees each chunk and has natsgate's own bytes written between two.
     fn poll<R, W>(
         &mut self,
         cx: &mut Context<'_>,
         r: &mut R,
         w: &mut W,
         counter: &Counter,
-        mut follow: impl FnMut(&[u8], bool) -> Option<Vec<u8>>,
+        follow: &mut impl Follow,
     ) -> Poll<std::io::Result<()>>
     where
         R: AsyncRead + Unpin,
@@ -294,7 +283,7 @@ impl Dir {
                 self.done = true;
                 return Poll::Ready(Ok(()));
             }
-            if let Some(own) = follow(&[], true) {
+            if let Some(own) = follow.own() {
                 self.count(counter, own.len());
                 self.out = Some(own);
                 continue;
@@ -307,7 +296,7 @@ impl Dir {
             }
             self.count(counter, n);
             let chunk = self.held.as_deref().unwrap_or(&[]);
-            self.out = follow(chunk, false);
+            self.out = follow.chunk(chunk);
         }
     }
 
@@ -408,25 +397,57 @@ impl Dir {
     }
 }
 
-/// Feeds upstream's bytes to the server-op follower (INFO rewriting) and records the
-/// upstream's verdict on the CONNECT the first time one is seen.
-fn follow_server(
-    server: &mut ServerStream,
-    verdict: &mut Option<Verdict>,
-    metrics: &Metrics,
-    bytes: &[u8],
-) -> Option<Vec<u8>> {
-    let rewritten = server.feed(bytes);
-    if verdict.is_none() {
-        *verdict = server.verdict();
-        if let Some(v) = *verdict {
-            metrics.upstream_auth(match v {
-                Verdict::Accepted => AuthResult::Accepted,
-                Verdict::Rejected => AuthResult::Rejected,
-            });
-        }
+/// What a direction does besides copying bytes.
+trait Follow {
+    /// Sees each chunk read; `Some` is written out in its place.
+    fn chunk(&mut self, bytes: &[u8]) -> Option<Vec<u8>>;
+    /// Bytes of natsgate's own to write before the next read.
+    fn own(&mut self) -> Option<Vec<u8>>;
+}
+
+/// Client to upstream: bytes as they come.
+struct Verbatim;
+
+impl Follow for Verbatim {
+    fn chunk(&mut self, _: &[u8]) -> Option<Vec<u8>> {
+        None
     }
-    rewritten
+    fn own(&mut self) -> Option<Vec<u8>> {
+        None
+    }
+}
+
+/// Upstream to client: INFO lines rewritten by the server-op follower, the upstream's verdict
+/// on the CONNECT recorded the first time one is seen, and the lame-duck INFO once it is due
+/// and the stream is between two ops.
+struct Downstream<'a> {
+    server: &'a mut ServerStream,
+    verdict: &'a mut Option<Verdict>,
+    due: &'a mut bool,
+    metrics: &'a Metrics,
+    lame_duck: &'a LameDuck,
+}
+
+impl Follow for Downstream<'_> {
+    fn chunk(&mut self, bytes: &[u8]) -> Option<Vec<u8>> {
+        let rewritten = self.server.feed(bytes);
+        if self.verdict.is_none() {
+            *self.verdict = self.server.verdict();
+            if let Some(v) = *self.verdict {
+                self.metrics.upstream_auth(match v {
+                    Verdict::Accepted => AuthResult::Accepted,
+                    Verdict::Rejected => AuthResult::Rejected,
+                });
+            }
+        }
+        rewritten
+    }
+
+    fn own(&mut self) -> Option<Vec<u8>> {
+        let ready = *self.due && self.server.at_op_boundary();
+        *self.due &= !ready;
+        ready.then(|| self.lame_duck.announcement(self.server.rewrite()))
+    }
 }
 
 /// Per-worker pools of relay buffers. A buffer not in use by a read or write in flight is
