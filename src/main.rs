@@ -64,10 +64,7 @@ fn main() -> ExitCode {
     tracing::info!("{}", config.upstream_timer_note());
     // One event loop per thread, each with its own client socket (see `listen`): the main
     // thread's also runs the admin endpoints and the background tasks.
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match event_loop() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("natsgate: cannot start the runtime: {e}");
@@ -206,6 +203,13 @@ async fn run(config: Config) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// One thread's event loop: a current-thread runtime with I/O and timers.
+fn event_loop() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+}
+
 /// A client-serving thread with its own current-thread runtime: every connection it accepts
 /// lives on it from accept to close. The receiver completes when it has drained (or failed).
 fn worker(
@@ -220,10 +224,7 @@ fn worker(
     let spawned = std::thread::Builder::new()
         .name(format!("natsgate-w{i}"))
         .spawn(move || {
-            let runtime = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
+            let runtime = match event_loop() {
                 Ok(r) => r,
                 Err(e) => return tracing::error!(worker = i, "cannot start a worker: {e}"),
             };

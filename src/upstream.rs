@@ -32,7 +32,7 @@ const EJECT_FIRST: Duration = Duration::from_secs(1);
 const EJECT_MAX: Duration = Duration::from_secs(10);
 /// How long a member's resolved addresses are used before its name is looked up again. A
 /// host name (a Kubernetes Service) would otherwise cost a DNS query per client connection;
-/// a failed connect forgets them at once, so a moved pod is followed on the next attempt.
+/// any failed attempt forgets them at once, so a moved pod is followed on the next attempt.
 const RESOLVED_FOR: Duration = Duration::from_secs(5);
 /// A member that answered is probed again after this long without a dial, so the latest INFO
 /// stays fresh and a member that died while idle is noticed before a client pays for it.
@@ -129,7 +129,8 @@ pub(crate) struct Member {
     ejected_until: AtomicU64,
     /// When it last answered with INFO (ms since the epoch; 0 = never).
     last_ok: AtomicU64,
-    /// Its host name's addresses, while fresh (`None` for an address literal: nothing to look up).
+    /// Its host name's addresses and when they were looked up (never set for an address
+    /// literal: there is nothing to look up).
     resolved: std::sync::Mutex<Resolved>,
     metrics: MemberMetrics,
 }
@@ -165,7 +166,7 @@ impl Member {
     }
 
     /// Connects to this member: to its address, or to its name's addresses (looked up at most
-    /// every [`RESOLVED_FOR`], forgotten when none of them accepts).
+    /// every [`RESOLVED_FOR`], and again after [`Member::failed`]).
     async fn connect(&self) -> std::io::Result<TcpStream> {
         let (host, port) = (self.server.host.as_str(), self.server.port);
         if let Ok(ip) = host.parse::<std::net::IpAddr>() {
