@@ -184,18 +184,10 @@ impl NatsServer {
             .stderr(Stdio::null())
             .spawn()
             .expect("start nats-server");
-        self.child = Some(child);
-        let deadline = std::time::Instant::now() + patient(Duration::from_secs(10));
-        while std::net::TcpStream::connect(self.addr()).is_err() {
-            let exited = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten());
-            if exited.is_some() || std::time::Instant::now() >= deadline {
-                self.stop();
-                return Err(self.log());
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        let addr = self.addr();
+        if !listens(addr, self.child.insert(child)) {
+            self.stop();
+            return Err(self.log());
         }
         Ok(())
     }
@@ -263,17 +255,18 @@ impl Drop for NatsServer {
     }
 }
 
-/// Waits for `addr` to accept; `what` names the process (with its log) if it never does.
-fn wait_for_port(addr: SocketAddr, what: impl Fn() -> String) {
+/// Waits for `addr` to accept, as `child` starts listening there: false if the process exits
+/// first or never listens.
+fn listens(addr: SocketAddr, child: &mut Child) -> bool {
     let deadline = std::time::Instant::now() + patient(Duration::from_secs(10));
     while std::net::TcpStream::connect(addr).is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{} did not start",
-            what()
-        );
+        let exited = matches!(child.try_wait(), Ok(Some(_)));
+        if exited || std::time::Instant::now() >= deadline {
+            return false;
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
+    true
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -444,8 +437,8 @@ impl ProxyConfig {
             .stderr(out)
             .spawn()
             .expect("start natsgate");
-        gate.child = Some(child);
-        wait_for_port(admin, || format!("natsgate ({})", gate.log()));
+        let started = listens(admin, gate.child.insert(child));
+        assert!(started, "natsgate ({}) did not start", gate.log());
         gate
     }
 }
