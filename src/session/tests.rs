@@ -714,3 +714,22 @@ async fn a_health_check_during_tls_detection_is_never_dialed() {
     assert_eq!(rest, b"");
     assert!(!up.dialed());
 }
+
+/// The close line's compact identity gives back each field as the client sent it (after the
+/// 64-character cut), `""` for the ones it did not send, multi-byte characters included.
+#[test]
+fn who_keeps_each_field_apart() {
+    let identity = protocol::ClientIdentity {
+        name: Some("sensor-é-7".into()),
+        lang: None,
+        version: Some("2.11.0".into()),
+        user: Some("ünïcode".repeat(9).chars().take(64).collect()),
+    };
+    let who = super::Who::new(&identity);
+    assert_eq!(who.field(0), "sensor-é-7");
+    assert_eq!(who.field(1), "");
+    assert_eq!(who.field(2), "2.11.0");
+    assert_eq!(who.field(3), identity.user.as_deref().unwrap());
+    let none = super::Who::new(&protocol::ClientIdentity::default());
+    assert!((0..4).all(|i| none.field(i).is_empty()));
+}

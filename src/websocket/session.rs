@@ -18,7 +18,7 @@ use crate::limits::Admission;
 use crate::metrics::Reject;
 use crate::protocol::ServerStream;
 use crate::relay::relay;
-use crate::session::{close_with, CloseLog, Established, Pending, Refusal};
+use crate::session::{close_with, CloseLog, Established, Pending, Refusal, Who};
 use crate::shared::Shared;
 use crate::stream::Stream;
 
@@ -232,11 +232,11 @@ async fn relay_to_end(
         lame_duck: &shared.lame_duck,
         now: stop,
     };
-    let (identity, forwarded) = (&established.identity, established.forwarded);
+    let (identity, forwarded) = (Who::new(&established.identity), established.forwarded);
     let finish = |mut outcome: crate::relay::Outcome| {
         outcome.client_to_upstream += forwarded as u64;
         outcome.upstream_to_client += info_sent as u64;
-        log.closed(&outcome, identity);
+        log.closed(&outcome, &identity);
     };
     // Boxed: the relay state exists only once the connection is established.
     let relayed = relay(
