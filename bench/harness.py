@@ -178,7 +178,7 @@ class VarzSampler:
 DIAL_MODES = ("on_accept", "after_connect", "auto")
 
 
-def start_natsgate(procs, port, upstream, tls=None, window=None, variant=None, ws_port=None):
+def start_natsgate(procs, port, upstream, tls=None, window=None, variant=None, ws_port=None, threads=0):
     """upstream: one port or a list of member ports."""
     admin = free_port()
     members = upstream if isinstance(upstream, list) else [upstream]
@@ -188,6 +188,7 @@ def start_natsgate(procs, port, upstream, tls=None, window=None, variant=None, w
 bind = "127.0.0.1:{port}"
 max_pending = 100000
 max_pending_per_ip = 100000
+workers = {threads}
 
 [upstream]
 servers = [{servers}]
@@ -225,7 +226,7 @@ handshake_first = {"true" if tls == "first" else "false"}
     return p
 
 
-def start_haproxy(procs, port, upstream, tls=None):
+def start_haproxy(procs, port, upstream, tls=None, threads=0):
     """upstream: one port, or a list of member ports (then with HAProxy's default TCP checks)."""
     bind = f"127.0.0.1:{port}"
     if isinstance(upstream, list):
@@ -236,6 +237,7 @@ def start_haproxy(procs, port, upstream, tls=None):
         bind += f" ssl crt {CERTS}/server-combined.pem"
     conf = f"""global
     maxconn 9000
+{f"    nbthread {threads}" if threads else ""}
 
 defaults
     mode tcp
@@ -297,6 +299,11 @@ def target(kind, procs, flood=False):
             p = start_haproxy(procs, port, members)
             time.sleep(0.5)  # let HAProxy's first checks run
         return port, None, p.pid
+    # "-1t": one event-loop thread each (natsgate `workers = 1`, HAProxy `nbthread 1`), for a
+    # thread-for-thread comparison; otherwise both use their default (one per CPU).
+    threads = 0
+    if kind.endswith("-1t"):
+        kind, threads = kind[: -len("-1t")], 1
     tls = None
     if kind.endswith("-tlsfirst"):
         tls = "first"
@@ -321,9 +328,9 @@ def target(kind, procs, flood=False):
     # HAProxy enforces no window: behind it, nats-server's own timer is the one that drops.
     start_nats(procs, up, None, auth_timeout=FLOOD_WINDOW if flood and base == "haproxy" else 10)
     if base == "natsgate":
-        p = start_natsgate(procs, port, up, tls, window=FLOOD_WINDOW if flood else None, variant=variant or None)
+        p = start_natsgate(procs, port, up, tls, window=FLOOD_WINDOW if flood else None, variant=variant or None, threads=threads)
     else:
-        p = start_haproxy(procs, port, up, tls)
+        p = start_haproxy(procs, port, up, tls, threads=threads)
     return port, tls, p.pid
 
 
@@ -348,6 +355,7 @@ ROWS = [
     ("pub128", "pub 128 B, msgs/s", ["pub", "--size", "128", "--count", str(C["pub128"])], PLAIN, "msgs_per_s", True),
     ("req", "request/reply p50, µs", ["req", "--size", "128", "--count", str(C["req"])], PLAIN, "p50_us", False),
     ("rawconn", "rawconn setup, conn/s", ["rawconn", "--secs", str(C["raw_secs"]), "--conc", "2"], PLAIN, "conn_per_s", True),
+    ("rawconn-1t", "rawconn setup, one thread each, conn/s", ["rawconn", "--secs", str(C["raw_secs"]), "--conc", "2"], ["direct", "natsgate-1t", "haproxy-1t"], "conn_per_s", True),
     ("tls-pub16k", "TLS classic pub 16 KiB, MB/s", ["pub", "--size", "16384", "--count", str(C["pub16k"])], CLASSIC, "mb_per_s", True),
     ("tlsfirst-pub16k", "TLS-first pub 16 KiB, MB/s", ["pub", "--size", "16384", "--count", str(C["pub16k"])], FIRST, "mb_per_s", True),
     ("tls-rawconn", "TLS classic rawconn, conn/s", ["rawconn", "--secs", str(C["raw_secs"]), "--conc", "2"], CLASSIC, "conn_per_s", True),
@@ -364,6 +372,7 @@ ROWS = [
 EXTRA = {  # secondary metrics shown in the table
     "req": ["p90_us", "p99_us"],
     "rawconn": ["p50_us", "p99_us"],
+    "rawconn-1t": ["p50_us", "p99_us"],
     "tls-rawconn": ["p50_us", "p99_us"],
     "tlsfirst-rawconn": ["p50_us", "p99_us"],
     "pub16k": ["msgs_per_s"],
@@ -384,6 +393,7 @@ COST = {
     "rawconn": ("cpu_s_per_1k_conns", lambda r, args: (r["conns"] + r.get("warmup_conns", 0)) / 1000),
     "tls-rawconn": ("cpu_s_per_1k_conns", lambda r, args: (r["conns"] + r.get("warmup_conns", 0)) / 1000),
     "tlsfirst-rawconn": ("cpu_s_per_1k_conns", lambda r, args: (r["conns"] + r.get("warmup_conns", 0)) / 1000),
+    "rawconn-1t": ("cpu_s_per_1k_conns", lambda r, args: (r["conns"] + r.get("warmup_conns", 0)) / 1000),
     "rawconn-dial": ("cpu_s_per_1k_conns", lambda r, args: (r["conns"] + r.get("warmup_conns", 0)) / 1000),
     "wspub16k": ("cpu_s_per_gb", lambda r, args: r["bytes"] / 1e9),
 }
@@ -554,6 +564,7 @@ def per_round_ratio(results, rid, a, b, metric):
 # (row id, metric, label) of the cost table: natsgate against HAProxy, same round.
 COST_ROWS = [
     ("rawconn", "cpu_s_per_1k_conns", "proxy CPU s per 1,000 connections set up", "CPU per connection set up"),
+    ("rawconn-1t", "cpu_s_per_1k_conns", "same, one event-loop thread each (natsgate `workers = 1`, HAProxy `nbthread 1`)", "… one thread each"),
     ("pub16k", "cpu_s_per_gb", "proxy CPU s per GB published (16 KiB messages; each byte crosses the proxy twice)", "CPU per GB, 16 KiB publishes"),
     ("pub128", "cpu_s_per_gb", "proxy CPU s per GB published (128 B messages)", "CPU per GB, 128 B publishes"),
     ("idle", "idle_bytes_per_conn", f"RSS per idle established plaintext connection, bytes ({IDLE_CLIENTS} clients)", "RSS per idle plaintext conn"),

@@ -499,29 +499,22 @@ impl Upstreams {
 }
 
 /// A member at its own limit (or refusing for another reason) writes `-ERR` right behind its
-/// INFO and closes. Looks for it for `settle` without consuming anything: a healthy member sends
-/// nothing more until CONNECT. A zero `settle` looks only at what has arrived, with no timer.
+/// INFO and closes. What arrived with the INFO was read with it ([`read_info_line`]); this
+/// waits `settle` longer for a `-ERR` without consuming anything: a healthy member sends
+/// nothing more until CONNECT. A zero `settle` waits for nothing (no timer, no syscall).
 async fn refused_after_info(tcp: &TcpStream, settle: Duration) -> std::io::Result<()> {
-    use futures_util::FutureExt;
+    if settle.is_zero() {
+        return Ok(());
+    }
     let mut buf = [0u8; 128];
-    let peeked = if settle.is_zero() {
-        tcp.peek(&mut buf).now_or_never()
-    } else {
-        tokio::time::timeout(settle, tcp.peek(&mut buf)).await.ok()
-    };
-    let n = match peeked {
-        None => return Ok(()),
-        Some(r) => r?,
+    let n = match tokio::time::timeout(settle, tcp.peek(&mut buf)).await {
+        Err(_) => return Ok(()),
+        Ok(r) => r?,
     };
     if n == 0 {
         return Err(invalid("upstream closed right after INFO"));
     }
-    if buf[..n.min(4)].eq_ignore_ascii_case(&b"-ERR"[..n.min(4)]) {
-        let line = String::from_utf8_lossy(&buf[..n]);
-        let line = line.lines().next().unwrap_or("").trim();
-        return Err(invalid(format!("upstream refused after INFO: {line}")));
-    }
-    Ok(())
+    Err(beyond_info(&buf[..n]))
 }
 
 async fn upgrade(
@@ -542,43 +535,43 @@ async fn upgrade(
     Ok(Stream::Tls(Box::new(s.into())))
 }
 
-/// Reads exactly one line (up to `\n`) without consuming anything after it: nats-server sends
-/// nothing more until it has the CONNECT, and a TLS upgrade may follow the INFO at once, so
-/// reading ahead would swallow handshake bytes. Reads in small steps only until `\n`.
+/// Reads the INFO line. nats-server sends nothing more until it has the CONNECT (over classic
+/// TLS it waits for the client's handshake, so there is nothing to swallow either), except a
+/// `-ERR` when it refuses the connection: whatever follows the line in the same read is that
+/// refusal, or a stream natsgate cannot follow. One read per segment, no peeking: most INFO
+/// lines arrive whole, in one read.
 async fn read_info_line(stream: &mut Stream) -> std::io::Result<Vec<u8>> {
     let mut line = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
     loop {
-        // Peek for the newline on plaintext so no byte beyond it is consumed.
-        let n = match stream {
-            Stream::Plain(tcp) => {
-                let n = tcp.peek(&mut chunk).await?;
-                if n == 0 {
-                    return Err(std::io::ErrorKind::UnexpectedEof.into());
-                }
-                let take = memchr::memchr(b'\n', &chunk[..n])
-                    .map(|i| i + 1)
-                    .unwrap_or(n);
-                tcp.read_exact(&mut chunk[..take]).await?;
-                take
-            }
-            Stream::Tls(_) => {
-                // Over TLS nats-server likewise sends only INFO before CONNECT.
-                let n = stream.read(&mut chunk).await?;
-                if n == 0 {
-                    return Err(std::io::ErrorKind::UnexpectedEof.into());
-                }
-                n
-            }
-        };
-        line.extend_from_slice(&chunk[..n]);
-        if line.ends_with(b"\n") {
-            return Ok(line);
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
         }
+        let got = &chunk[..n];
+        if let Some(i) = memchr::memchr(b'\n', got) {
+            line.extend_from_slice(&got[..=i]);
+            return match &got[i + 1..] {
+                [] => Ok(line),
+                after => Err(beyond_info(after)),
+            };
+        }
+        line.extend_from_slice(got);
         if line.len() > MAX_INFO_LINE {
             return Err(invalid("upstream INFO line is too long"));
         }
     }
+}
+
+/// What bytes behind the INFO line (before natsgate sent CONNECT) mean for the dial.
+fn beyond_info(after: &[u8]) -> std::io::Error {
+    let head = &after[..after.len().min(4)];
+    if head.eq_ignore_ascii_case(&b"-ERR"[..head.len()]) {
+        let text = String::from_utf8_lossy(after);
+        let line = text.lines().next().unwrap_or("").trim();
+        return invalid(format!("upstream refused after INFO: {line}"));
+    }
+    invalid("upstream sent more than INFO before CONNECT")
 }
 
 fn invalid(e: impl std::fmt::Display) -> std::io::Error {
@@ -647,5 +640,52 @@ mod tests {
             literal.locked_resolved().at.is_none(),
             "an address literal was looked up"
         );
+    }
+
+    /// The INFO line as a member writes it, and what follows it in the same read: a `-ERR`
+    /// behind it is the member's refusal (the dial fails over), other bytes are not followed,
+    /// and an INFO that arrives in pieces is read whole.
+    #[tokio::test]
+    async fn what_follows_the_info_line_decides_the_dial() {
+        use tokio::io::AsyncWriteExt;
+        async fn read_after(writes: &[&[u8]]) -> std::io::Result<Vec<u8>> {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let writes: Vec<Vec<u8>> = writes.iter().map(|w| w.to_vec()).collect();
+            let member = tokio::spawn(async move {
+                let (mut s, _) = listener.accept().await.unwrap();
+                for w in writes {
+                    s.write_all(&w).await.unwrap();
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            });
+            let mut stream = Stream::Plain(TcpStream::connect(addr).await.unwrap());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let got = read_info_line(&mut stream).await;
+            member.await.unwrap();
+            got
+        }
+        let info: &[u8] = b"INFO {\"server_id\":\"A\"} \r\n";
+        assert_eq!(read_after(&[info]).await.unwrap(), info);
+        let (a, b) = info.split_at(9);
+        assert_eq!(read_after(&[a, b]).await.unwrap(), info);
+
+        let full = [info, b"-ERR 'maximum connections exceeded'\r\n"].concat();
+        let e = read_after(&[&full]).await.unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "upstream refused after INFO: -ERR 'maximum connections exceeded'"
+        );
+        let e = read_after(&[&[info, b"-er"].concat()]).await.unwrap_err();
+        assert!(
+            e.to_string().starts_with("upstream refused after INFO"),
+            "{e}"
+        );
+        let e = read_after(&[&[info, b"PING\r\n"].concat()])
+            .await
+            .unwrap_err();
+        assert_eq!(e.to_string(), "upstream sent more than INFO before CONNECT");
+        let e = read_after(&[b"INFO {"]).await.unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof);
     }
 }
