@@ -386,15 +386,20 @@ EXTRA = {  # secondary metrics shown in the table
     "wspub16k": ["msgs_per_s"],
     "wsreq": ["p90_us", "p99_us"],
 }
+def thousand_setups(r, args):
+    """Connections set up in a rawconn measurement (warm-up included), in thousands."""
+    return (r["conns"] + r.get("warmup_conns", 0)) / 1000
+
+
 # Proxy cost: CPU seconds of the proxy process per unit of work (derived per measurement).
 COST = {
     "pub16k": ("cpu_s_per_gb", lambda r, args: r["bytes"] / 1e9),
     "pub128": ("cpu_s_per_gb", lambda r, args: r["bytes"] / 1e9),
-    "rawconn": ("cpu_s_per_1k_conns", lambda r, args: (r["conns"] + r.get("warmup_conns", 0)) / 1000),
-    "tls-rawconn": ("cpu_s_per_1k_conns", lambda r, args: (r["conns"] + r.get("warmup_conns", 0)) / 1000),
-    "tlsfirst-rawconn": ("cpu_s_per_1k_conns", lambda r, args: (r["conns"] + r.get("warmup_conns", 0)) / 1000),
-    "rawconn-1t": ("cpu_s_per_1k_conns", lambda r, args: (r["conns"] + r.get("warmup_conns", 0)) / 1000),
-    "rawconn-dial": ("cpu_s_per_1k_conns", lambda r, args: (r["conns"] + r.get("warmup_conns", 0)) / 1000),
+    "rawconn": ("cpu_s_per_1k_conns", thousand_setups),
+    "tls-rawconn": ("cpu_s_per_1k_conns", thousand_setups),
+    "tlsfirst-rawconn": ("cpu_s_per_1k_conns", thousand_setups),
+    "rawconn-1t": ("cpu_s_per_1k_conns", thousand_setups),
+    "rawconn-dial": ("cpu_s_per_1k_conns", thousand_setups),
     "wspub16k": ("cpu_s_per_gb", lambda r, args: r["bytes"] / 1e9),
 }
 for rid in list(COST):

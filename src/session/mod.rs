@@ -170,6 +170,7 @@ impl CloseLog {
             RelayEnd::Error(e) => e.to_string(),
             _ => String::new(),
         };
+        let [name, lang, version, user] = who.fields();
         tracing::info!(
             conn = self.id,
             peer = %self.peer,
@@ -178,10 +179,10 @@ impl CloseLog {
             bytes_in = outcome.client_to_upstream,
             bytes_out = outcome.upstream_to_client,
             reason = outcome.end.as_str(),
-            client_name = who.field(0),
-            client_lang = who.field(1),
-            client_version = who.field(2),
-            user = who.field(3),
+            client_name = name,
+            client_lang = lang,
+            client_version = version,
+            user,
             error = %error,
             "connection closed"
         );
@@ -221,20 +222,11 @@ impl Who {
         }
     }
 
-    /// Field `i` (0 `name`, 1 `lang`, 2 `version`, 3 `user`); `""` when the client sent none.
-    pub(crate) fn field(&self, i: usize) -> &str {
-        let start = match i {
-            0 => 0,
-            _ => self
-                .ends
-                .get(i - 1)
-                .map_or(self.text.len(), |&e| usize::from(e)),
-        };
-        let end = self
-            .ends
-            .get(i)
-            .map_or(self.text.len(), |&e| usize::from(e));
-        self.text.get(start..end).unwrap_or("")
+    /// `name`, `lang`, `version` and `user`; `""` for each the client did not send.
+    pub(crate) fn fields(&self) -> [&str; 4] {
+        let [a, b, c] = self.ends.map(usize::from);
+        let bounds = [0, a, b, c, self.text.len()];
+        std::array::from_fn(|i| self.text.get(bounds[i]..bounds[i + 1]).unwrap_or(""))
     }
 }
 

@@ -726,10 +726,11 @@ fn who_keeps_each_field_apart() {
         user: Some("ünïcode".repeat(9).chars().take(64).collect()),
     };
     let who = super::Who::new(&identity);
-    assert_eq!(who.field(0), "sensor-é-7");
-    assert_eq!(who.field(1), "");
-    assert_eq!(who.field(2), "2.11.0");
-    assert_eq!(who.field(3), identity.user.as_deref().unwrap());
+    let [name, lang, version, user] = who.fields();
+    assert_eq!(name, "sensor-é-7");
+    assert_eq!(lang, "");
+    assert_eq!(version, "2.11.0");
+    assert_eq!(user, identity.user.as_deref().unwrap());
     let none = super::Who::new(&protocol::ClientIdentity::default());
-    assert!((0..4).all(|i| none.field(i).is_empty()));
+    assert_eq!(none.fields(), [""; 4]);
 }
