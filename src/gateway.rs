@@ -113,6 +113,7 @@ impl Gateway {
                 lame_duck: LameDuck::new(stop_pending.clone()),
                 stop_pending,
                 stop_all: CancellationToken::new(),
+                own_info: Default::default(),
             }),
             tls: Arc::new(files),
             notes,

@@ -13,7 +13,7 @@ use crate::config::{Config, HandshakeFirst};
 use crate::lameduck::LameDuck;
 use crate::limits::Limits;
 use crate::metrics::Metrics;
-use crate::protocol::{self, TlsAdvert};
+use crate::protocol::{self, Info, OwnInfoLine, Rewrite, TlsAdvert};
 use crate::upstream::Upstreams;
 
 /// Client-side TLS as configured in `[tls]`.
@@ -51,6 +51,8 @@ pub(crate) struct Shared {
     pub(crate) stop_all: CancellationToken,
     /// Lame duck mode on natsgate's own shutdown; its signal is `stop_pending`.
     pub(crate) lame_duck: LameDuck,
+    /// natsgate's own INFO lines (`upstream.dial = after_connect`), rendered once each.
+    pub(crate) own_info: OwnInfoCache,
 }
 
 impl Shared {
@@ -89,6 +91,57 @@ impl Shared {
         let mut reply = protocol::rewrite_info(info, self.advert(), strip_connect_urls);
         reply.extend_from_slice(protocol::ERR_MAX_CONNECTIONS);
         reply
+    }
+}
+
+/// natsgate's own INFO lines, each rendered once per latest upstream INFO and rewrite (see
+/// [`OwnInfoLine`]): the clients of one proxy get a few kinds of INFO (one per listener and
+/// TLS mode), each with its own `client_id` and `client_ip` filled in. A new latest INFO (the
+/// upstream's configuration changed) replaces them all.
+#[derive(Default)]
+pub(crate) struct OwnInfoCache {
+    /// `None`: this INFO cannot be rendered once (see [`OwnInfoLine::new`]).
+    lines: std::sync::Mutex<Vec<OwnInfoEntry>>,
+}
+
+/// More kinds than listeners and TLS modes make: some are from before a reload.
+const OWN_INFO_KINDS: usize = 16;
+
+type OwnInfoEntry = (Arc<Info>, Rewrite, Option<Arc<OwnInfoLine>>);
+
+impl OwnInfoCache {
+    /// The INFO line [`protocol::own_info`] and `rewrite` make of `latest` for one client.
+    pub(crate) fn render(
+        &self,
+        latest: &Arc<Info>,
+        rewrite: &Rewrite,
+        client_id: u64,
+        client_ip: IpAddr,
+    ) -> Vec<u8> {
+        let same = |r: &Rewrite| r.tls == rewrite.tls && r.connect_urls == rewrite.connect_urls;
+        let found = {
+            let mut lines = self.lines.lock().unwrap_or_else(|e| e.into_inner());
+            lines.retain(|(l, ..)| Arc::ptr_eq(l, latest));
+            match lines.iter().find(|(_, r, _)| same(r)) {
+                Some((_, _, line)) => line.clone(),
+                None => {
+                    if lines.len() >= OWN_INFO_KINDS {
+                        // Rewrites of configurations reloaded away: start over.
+                        lines.clear();
+                    }
+                    let line = OwnInfoLine::new(latest, rewrite).map(Arc::new);
+                    lines.push((latest.clone(), rewrite.clone(), line.clone()));
+                    line
+                }
+            }
+        };
+        match found {
+            Some(line) => line.render(client_id, client_ip),
+            None => protocol::rewrite_info_with(
+                protocol::own_info(latest, client_id, client_ip),
+                rewrite,
+            ),
+        }
     }
 }
 

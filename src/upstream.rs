@@ -309,6 +309,20 @@ impl Upstreams {
         self.latest_info.load_full()
     }
 
+    /// Keeps `info` as the latest INFO when it says something new (not merely another
+    /// connection's `client_id`, `client_ip` or nonce): what is built from the latest INFO
+    /// is then rebuilt only when the upstream's configuration changed.
+    fn note_info(&self, info: &Info) {
+        let changed = self
+            .latest_info
+            .load()
+            .as_deref()
+            .is_none_or(|latest| protocol::latest_info_changed(latest, info));
+        if changed {
+            self.latest_info.store(Some(Arc::new(info.clone())));
+        }
+    }
+
     /// The order to try members in: round-robin start; members that failed last, until a probe
     /// (not a client) has seen them answer again.
     fn order(&self) -> Vec<Arc<Member>> {
@@ -347,13 +361,18 @@ impl Upstreams {
                 match queue.next() {
                     Some(m) => {
                         in_flight.push(m.clone());
-                        running.push(Box::pin(self.attempt(m, client, settle)));
+                        // When the dial's deadline comes first, its timer is the only one.
+                        let own_timer = now + self.settings.connect_timeout < deadline;
+                        running.push(Box::pin(self.attempt(m, client, settle, own_timer)));
                         hedge = now + self.settings.hedge_delay;
                     }
                     None if running.is_empty() => return Err(DialError::Unavailable(last_err)),
                     None => hedge = deadline + Duration::from_secs(3600),
                 }
             }
+            // No hedge timer when there is no other member to hedge to (a sidecar's single
+            // member): a timer shorter than the event loop's next wake-up costs it a wake-up.
+            let hedging = queue.len() > 0;
             let next = std::future::poll_fn(|cx| {
                 for (i, attempt) in running.iter_mut().enumerate() {
                     if let std::task::Poll::Ready(out) = attempt.as_mut().poll(cx) {
@@ -373,7 +392,7 @@ impl Upstreams {
                             // Every INFO a client's dial meets keeps natsgate's own INFO fresh:
                             // a change of the upstream's configuration (nkey users added or
                             // removed) applies to the next client, not after the next probe.
-                            self.latest_info.store(Some(Arc::new(conn.info.clone())));
+                            self.note_info(&conn.info);
                             for lost in &in_flight {
                                 lost.failed(self.now_ms(), "no INFO before another member answered");
                             }
@@ -385,7 +404,7 @@ impl Upstreams {
                         }
                     }
                 }
-                _ = tokio::time::sleep_until(hedge) => {}
+                _ = tokio::time::sleep_until(hedge), if hedging => {}
                 _ = tokio::time::sleep_until(deadline) => {
                     for m in &in_flight {
                         m.failed(self.now_ms(), "no INFO before the client's window closed");
@@ -397,19 +416,28 @@ impl Upstreams {
         }
     }
 
-    /// One attempt on one member, limited by `connect_timeout`.
+    /// One attempt on one member, limited by `connect_timeout` (`own_timer`), or by the
+    /// dial's deadline alone when that comes first: the dial then fails the attempt, and
+    /// counts it against the member, itself.
     async fn attempt(
         &self,
         m: Arc<Member>,
         client: Option<(SocketAddr, SocketAddr)>,
         settle: Duration,
+        own_timer: bool,
     ) -> (Arc<Member>, Instant, Result<UpstreamConn, String>) {
         let started = Instant::now();
         let limit = self.settings.connect_timeout;
-        let result = match tokio::time::timeout(limit, self.dial_one(&m, client, settle)).await {
-            Ok(Ok((stream, info))) => Ok(UpstreamConn { stream, info }),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err(format!("no INFO within connect_timeout ({limit:?})")),
+        let dial = self.dial_one(&m, client, settle);
+        let outcome = if own_timer {
+            tokio::time::timeout(limit, dial).await.ok()
+        } else {
+            Some(dial.await)
+        };
+        let result = match outcome {
+            Some(Ok((stream, info))) => Ok(UpstreamConn { stream, info }),
+            Some(Err(e)) => Err(e.to_string()),
+            None => Err(format!("no INFO within connect_timeout ({limit:?})")),
         };
         (m, started, result)
     }
@@ -440,11 +468,11 @@ impl Upstreams {
                 .cloned()
                 .collect();
             let probes = due.into_iter().map(|m| async move {
-                let (m, _, result) = self.attempt(m, None, REFUSAL_SETTLE_PROBE).await;
+                let (m, _, result) = self.attempt(m, None, REFUSAL_SETTLE_PROBE, true).await;
                 match result {
                     Ok(conn) => {
                         m.succeeded(self.now_ms());
-                        self.latest_info.store(Some(Arc::new(conn.info)));
+                        self.note_info(&conn.info);
                     }
                     Err(e) => m.failed(self.now_ms(), &e),
                 }

@@ -10,6 +10,9 @@
 //! - the server-op follower: any split of an upstream stream gives the same output as the whole,
 //!   and that output is the stream with every INFO op rewritten (payloads that look like INFO
 //!   untouched), so no `connect_urls` reach the client when they are stripped;
+//! - an INFO line rendered from the template of an earlier one that differs only in
+//!   `client_id` and `client_ip` is the whole rewrite of it, byte for byte, whatever else the
+//!   line holds (nested objects with the same keys, duplicates, escapes, blanks);
 //! - the identity natsgate logs from CONNECT is what nats-server reads (Go's `encoding/json`:
 //!   the last duplicate wins, names match case-insensitively), checked against a reference
 //!   decoder, and `Debug` of the CONNECT does not depend on its secrets.
@@ -18,8 +21,9 @@
 //! the fuzz targets `server_ops` and `connect_identity`.
 
 use natsgate::protocol::fuzz_logic::{
-    check_connect_identity, check_first_op, check_proxy_header, check_proxy_writers,
-    check_server_stream, follow, go_fold_reference, reference_identity, ADVERTS,
+    check_connect_identity, check_first_op, check_info_line, check_proxy_header,
+    check_proxy_writers, check_server_stream, follow, go_fold_reference, reference_identity,
+    ADVERTS,
 };
 use natsgate::protocol::{parse_info, rewrite_info, scan_connect, ConnectLine, TlsAdvert, Verdict};
 use proptest::prelude::*;
@@ -651,4 +655,45 @@ fn the_leak_check_can_fail() {
         TlsAdvert::None,
         true,
     );
+}
+
+/// One field of an INFO object as text: nats-server's own, the per-connection ones in other
+/// spellings, and arbitrary ones (nested `client_id`s among them).
+fn info_field() -> impl Strategy<Value = String> {
+    prop_oneof![
+        "[0-9]{1,6}".prop_map(|n| format!("\"client_id\":{n}")),
+        "[0-9]{1,3}\\.[0-9]{1,3}\\.[0-9]{1,3}\\.[0-9]{1,3}"
+            .prop_map(|ip| format!("\"client_ip\":\"{ip}\"")),
+        "[0-9]{1,6}".prop_map(|n| format!("\"client_id\" : {n}")),
+        "[0-9]{1,6}".prop_map(|n| format!("\"client\\u005fid\":{n}")),
+        Just("\"client_ip\":null".to_string()),
+        Just("\"client_ip\":\"a\\\"b\"".to_string()),
+        "[0-9]{1,6}".prop_map(|n| format!("\"x\":{{\"client_id\":{n},\"client_ip\":\"1.2.3.4\"}}")),
+        Just("\"connect_urls\":[\"10.0.0.1:4222\",\"10.0.0.2:4222\"]".to_string()),
+        Just("\"tls_required\":true".to_string()),
+        Just("\"nonce\":\"abc\"".to_string()),
+        ("[a-z_]{1,10}", json_value()).prop_map(|(k, v)| format!("\"{k}\":{v}")),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn an_info_rendered_from_a_template_is_the_whole_rewrite(
+        fields in prop::collection::vec(info_field(), 0..10),
+        sep in prop::sample::select(vec![",", ", ", " ,"]),
+        pad in prop::sample::select(vec!["", " ", "  "]),
+    ) {
+        let line = format!("INFO {pad}{{{}}} \r\n", fields.join(sep));
+        check_info_line(line.as_bytes());
+    }
+}
+
+/// What nats-server 2.15 sends every client after its CONNECT: one line per client, the same
+/// but for `client_id` and `client_ip`.
+#[test]
+fn nats_servers_info_after_connect_is_rendered_from_its_template() {
+    let line = br#"INFO {"server_id":"NA3Z","server_name":"n1","version":"2.15.1","proto":1,"git_commit":"b2fd3ef","go":"go1.27.2","host":"0.0.0.0","port":4222,"headers":true,"auth_required":true,"max_payload":1048576,"client_id":5,"client_ip":"127.0.0.1","connect_info":true,"remote_account":"$G","api_lvl":5,"xkey":"XCVS"} "#;
+    check_info_line(&[&line[..], b"\r\n"].concat());
 }

@@ -2,7 +2,8 @@
 //! for every INFO it accepts, `rewrite_info` (all TLS adverts, both `strip_connect_urls`
 //! settings) never panics, yields one `INFO {json} \r\n` line that parses again, and keeps the
 //! nonce and every field except the ones it is documented to change byte for byte (line breaks
-//! between a value's tokens become spaces).
+//! between a value's tokens become spaces). And the INFO rendered from a template
+//! (`rewrite_info_line`) is the whole rewrite, byte for byte (`fuzz_logic::check_info_line`).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -25,6 +26,7 @@ fn raw(info: &Info, key: &str) -> Option<String> {
 }
 
 fuzz_target!(|data: &[u8]| {
+    natsgate::protocol::fuzz_logic::check_info_line(data);
     let Ok(info) = parse_info(data) else {
         return;
     };

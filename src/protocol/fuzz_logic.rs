@@ -10,9 +10,10 @@ use serde_json::value::RawValue;
 use std::net::{IpAddr, SocketAddr};
 
 use super::{
-    parse_proxy_header, proxy_header_v1, proxy_header_v2, scan_connect, scan_first_op,
-    ClientIdentity, ConnectError, FirstOp, FirstOpLimits, ProxyHeader, ServerStream, TlsAdvert,
-    Verdict, IDENTITY_MAX_CHARS, PROXY_V1_MAX_LEN, PROXY_V2_MAX_ADDR_LEN,
+    parse_info, parse_proxy_header, proxy_header_v1, proxy_header_v2, rewrite_info_line,
+    rewrite_info_with, scan_connect, scan_first_op, ClientIdentity, ConnectError, ConnectUrls,
+    FirstOp, FirstOpLimits, ProxyHeader, Rewrite, ServerStream, TlsAdvert, Verdict,
+    IDENTITY_MAX_CHARS, PROXY_V1_MAX_LEN, PROXY_V2_MAX_ADDR_LEN,
 };
 
 /// The TLS adverts a follower may be built with, indexed by a fuzz byte.
@@ -432,4 +433,79 @@ pub fn check_first_op(stream: &[u8], reads: &[usize], limits: FirstOpLimits) {
             }
         }
     }
+}
+
+/// The rendered-once INFO rewrite ([`rewrite_info_line`]): for `line`, and for copies of it
+/// with other `client_id` and `client_ip` values (the copies take the template path once the
+/// first has been seen), under every kind of rewrite, the bytes (or the error) are those of
+/// [`parse_info`] and [`rewrite_info_with`].
+pub fn check_info_line(line: &[u8]) {
+    let advertise = ConnectUrls::Advertise(vec!["edge-a:4222".to_string()].into());
+    let variants = [
+        line.to_vec(),
+        with_values(line, b"987654", b"\"10.9.8.7\""),
+        with_values(line, b"3", b"\"2001:db8::9\""),
+        line.to_vec(),
+    ];
+    for (i, tls) in ADVERTS.into_iter().enumerate() {
+        for (urls, ip) in [
+            (ConnectUrls::Keep, None),
+            (ConnectUrls::Strip, Some(IpAddr::from([203, 0, 113, 7]))),
+            (
+                advertise.clone(),
+                Some(IpAddr::from([0xfd00, 0, 0, 0, 0, 0, 0, i as u16])),
+            ),
+        ] {
+            let rewrite = Rewrite {
+                tls,
+                connect_urls: urls,
+                client_ip: ip,
+            };
+            for v in &variants {
+                let whole = parse_info(v).map(|info| rewrite_info_with(info, &rewrite));
+                let got = rewrite_info_line(v, &rewrite);
+                assert!(
+                    got == whole,
+                    "rendered once differs from the whole rewrite of {:?} ({rewrite:?}):\n{:?}\n{:?}",
+                    String::from_utf8_lossy(v),
+                    got.as_ref().map(|o| String::from_utf8_lossy(o).into_owned()),
+                    whole.as_ref().map(|o| String::from_utf8_lossy(o).into_owned()),
+                );
+            }
+        }
+    }
+}
+
+/// `line` with every value after `"client_id":` (a run of digits) and `"client_ip":` (a string
+/// without escapes) replaced, wherever they are (nested ones too: the template must not be
+/// fooled by them).
+fn with_values(line: &[u8], id: &[u8], ip: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(line.len() + 32);
+    let mut i = 0;
+    while i < line.len() {
+        let rest = &line[i..];
+        if rest.starts_with(b"\"client_id\":") {
+            out.extend_from_slice(b"\"client_id\":");
+            i += 12;
+            let n = line[i..].iter().take_while(|b| b.is_ascii_digit()).count();
+            if n > 0 {
+                out.extend_from_slice(id);
+                i += n;
+            }
+        } else if rest.starts_with(b"\"client_ip\":\"") {
+            out.extend_from_slice(b"\"client_ip\":");
+            i += 12;
+            match line[i + 1..].iter().position(|&b| b == b'"' || b == b'\\') {
+                Some(n) if line[i + 1 + n] == b'"' => {
+                    out.extend_from_slice(ip);
+                    i += n + 2;
+                }
+                _ => {}
+            }
+        } else {
+            out.push(line[i]);
+            i += 1;
+        }
+    }
+    out
 }

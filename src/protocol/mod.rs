@@ -26,9 +26,9 @@ pub use connect::{
     FirstOpLimits, IDENTITY_MAX_CHARS,
 };
 pub use info::{
-    apply_rewrite, auth_required, insert_client_ip, ldm_info, max_payload, own_info, parse_info,
-    rewrite_info, rewrite_info_with, set_client_ip, ConnectUrls, Info, InfoError, Rewrite,
-    TlsAdvert, DEFAULT_MAX_PAYLOAD,
+    apply_rewrite, auth_required, insert_client_ip, latest_info_changed, ldm_info, max_payload,
+    own_info, parse_info, rewrite_info, rewrite_info_line, rewrite_info_with, set_client_ip,
+    ConnectUrls, Info, InfoError, OwnInfoLine, Rewrite, TlsAdvert, DEFAULT_MAX_PAYLOAD,
 };
 pub use object::{go_name_matches, is_secret_key, RawObject};
 pub use proxy_header::{

@@ -122,6 +122,24 @@ impl RawObject {
             .collect()
     }
 
+    /// How many fields are named exactly `key`.
+    pub fn count(&self, key: &str) -> usize {
+        self.fields.iter().filter(|(k, _)| k == key).count()
+    }
+
+    /// The same fields in the same order with the same values, except that the values of the
+    /// keys in `ignore` may differ (their presence may not).
+    pub fn same_apart_from(&self, other: &RawObject, ignore: &[&str]) -> bool {
+        self.fields.len() == other.fields.len()
+            && self
+                .fields
+                .iter()
+                .zip(&other.fields)
+                .all(|((k, v), (k2, v2))| {
+                    k == k2 && (v.get() == v2.get() || ignore.contains(&k.as_str()))
+                })
+    }
+
     /// nats-server omits false flags (`omitempty`); do the same so clients see familiar INFO.
     /// A flag that is set keeps its place; a new one goes last.
     pub(crate) fn set_flag(&mut self, key: &str, on: bool) {

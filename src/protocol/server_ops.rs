@@ -2,7 +2,7 @@
 
 use std::ops::Range;
 
-use super::{parse_info, rewrite_info_with, Rewrite, TlsAdvert};
+use super::{rewrite_info_line, Rewrite, TlsAdvert};
 
 /// The upstream's answer to the forwarded CONNECT.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -300,9 +300,8 @@ impl ServerStream {
         self.state = State::Line { held: false };
         if held {
             // A line that starts with INFO, held from its start.
-            match parse_info(text) {
-                Ok(info) => {
-                    let rewritten = rewrite_info_with(info, &self.rewrite);
+            match rewrite_info_line(text, &self.rewrite) {
+                Ok(rewritten) => {
                     out.hold(piece.start).extend_from_slice(&rewritten);
                 }
                 Err(_) => {

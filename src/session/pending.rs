@@ -141,10 +141,14 @@ impl<'a, S: PeekByte, D: Dial> Pending<'a, S, D> {
 
     /// `after_connect`: natsgate answers with its own INFO and dials only once the CONNECT is
     /// in: a client that never authenticates never costs nats-server a connection.
-    async fn after_connect(&mut self, latest: &Info) -> Result<Established<D::Io>, Refusal> {
+    async fn after_connect(&mut self, latest: &Arc<Info>) -> Result<Established<D::Io>, Refusal> {
         let ip = self.addrs.0.ip();
-        self.send_info(protocol::own_info(latest, self.id, ip))
-            .await?;
+        self.learn_limits(latest);
+        let info = self
+            .shared
+            .own_info
+            .render(latest, &self.rewrite(), self.id, ip);
+        self.send_info_line(info).await?;
         self.classic_tls().await?;
         let (buf, first) = self.read_connect().await?;
         // The window is over for the client; the dial gets its own limit.
@@ -361,9 +365,20 @@ impl<'a, S: PeekByte, D: Dial> Pending<'a, S, D> {
 
     /// Step 4: the INFO, rewritten (TLS flags, `connect_urls`), nonce unchanged.
     async fn send_info(&mut self, info: Info) -> Result<(), Refusal> {
-        self.auth_required = protocol::auth_required(&info);
-        self.max_payload = protocol::max_payload(&info);
+        self.learn_limits(&info);
         let info = protocol::rewrite_info_with(info, &self.rewrite());
+        self.send_info_line(info).await
+    }
+
+    /// What the INFO the client gets says about the first op: whether it must be CONNECT, and
+    /// the largest payload.
+    fn learn_limits(&mut self, info: &Info) {
+        self.auth_required = protocol::auth_required(info);
+        self.max_payload = protocol::max_payload(info);
+    }
+
+    /// Step 4's write: the INFO line as the client gets it.
+    async fn send_info_line(&mut self, info: Vec<u8>) -> Result<(), Refusal> {
         let deadline = self.deadline;
         let client = self.client()?;
         within(deadline, Step::WriteInfo, write_flush(client, &info)).await?;
