@@ -61,8 +61,36 @@ pub(crate) enum DialError {
 /// A connected upstream that has sent its INFO.
 pub(crate) struct UpstreamConn<U = Stream> {
     pub(crate) stream: U,
-    /// The parsed INFO, nonce included, to rewrite for the client.
-    pub(crate) info: Info,
+    /// The INFO: this connection's own when it goes to the client (`relayed`); otherwise it
+    /// may be the latest INFO, when this one said the same apart from the values nats-server
+    /// writes per connection (its nonce is `nonce`).
+    pub(crate) info: Arc<Info>,
+    /// This connection's nonce, if its INFO has one.
+    pub(crate) nonce: Option<String>,
+}
+
+/// The INFO one dial met: parsed, or the latest one it matches ([`Upstreams::meet`]).
+struct Met {
+    info: Arc<Info>,
+    nonce: Option<String>,
+    line: Vec<u8>,
+}
+
+/// How one attempt on one member runs.
+#[derive(Clone, Copy)]
+struct Attempt {
+    /// How long to wait after INFO for a `-ERR` behind it (zero: only what arrived with it).
+    settle: Duration,
+    /// The INFO goes to the client: parse it whatever the latest one said.
+    relayed: bool,
+    /// Limited by `connect_timeout` (otherwise the dial's deadline comes first).
+    own_timer: bool,
+}
+
+/// The latest INFO a member sent, and its line.
+struct Latest {
+    info: Arc<Info>,
+    line: protocol::KnownLine,
 }
 
 /// What the pending phase needs from upstream: a connection that has already sent its INFO.
@@ -93,12 +121,7 @@ impl Dial for Upstreams {
         client: Option<(SocketAddr, SocketAddr)>,
         relayed: bool,
     ) -> impl std::future::Future<Output = Result<UpstreamConn, DialError>> + Send {
-        let settle = if relayed {
-            REFUSAL_SETTLE_CLIENT
-        } else {
-            Duration::ZERO
-        };
-        Upstreams::dial(self, deadline, client, settle)
+        Upstreams::dial(self, deadline, client, relayed)
     }
 
     /// Only while a member is up: with every member down, natsgate must not answer clients
@@ -250,7 +273,7 @@ pub(crate) struct Upstreams {
     next: AtomicUsize,
     /// The most recent INFO any member sent (nonce included): limit refusals and, later,
     /// natsgate's own INFO are built from it.
-    latest_info: ArcSwapOption<Info>,
+    latest: ArcSwapOption<Latest>,
     epoch: Instant,
     metrics: Arc<Metrics>,
 }
@@ -275,7 +298,7 @@ impl Upstreams {
                 tls,
             },
             next: AtomicUsize::new(0),
-            latest_info: ArcSwapOption::empty(),
+            latest: ArcSwapOption::empty(),
             epoch: Instant::now(),
             metrics,
         }
@@ -306,21 +329,44 @@ impl Upstreams {
 
     /// The most recent INFO an upstream sent, if any has.
     pub(crate) fn latest_info(&self) -> Option<Arc<Info>> {
-        self.latest_info.load_full()
+        self.latest.load().as_ref().map(|l| l.info.clone())
     }
 
     /// Keeps `info` as the latest INFO when it says something new (not merely another
     /// connection's `client_id`, `client_ip` or nonce): what is built from the latest INFO
     /// is then rebuilt only when the upstream's configuration changed.
-    fn note_info(&self, info: &Info) {
-        let changed = self
-            .latest_info
-            .load()
-            .as_deref()
-            .is_none_or(|latest| protocol::latest_info_changed(latest, info));
+    fn note_info(&self, met: &Met) {
+        let changed = self.latest.load().as_deref().is_none_or(|latest| {
+            !Arc::ptr_eq(&latest.info, &met.info)
+                && protocol::latest_info_changed(&latest.info, &met.info)
+        });
         if changed {
-            self.latest_info.store(Some(Arc::new(info.clone())));
+            self.latest.store(Some(Arc::new(Latest {
+                info: met.info.clone(),
+                line: protocol::KnownLine::new(met.line.clone(), &met.info),
+            })));
         }
+    }
+
+    /// The INFO a dial met: parsed, unless the client does not get it and it says what the
+    /// latest one said apart from the per-connection values (then it is the latest one, and
+    /// only its nonce is read from the line).
+    fn meet(&self, line: Vec<u8>, relayed: bool) -> std::io::Result<Met> {
+        if !relayed {
+            if let Some(latest) = self.latest.load().as_deref() {
+                if let Some(nonce) = protocol::same_info_line(&latest.line, &line) {
+                    let info = latest.info.clone();
+                    return Ok(Met { info, nonce, line });
+                }
+            }
+        }
+        let info = protocol::parse_info(&line).map_err(invalid)?;
+        let nonce = info.str_field("nonce");
+        Ok(Met {
+            info: Arc::new(info),
+            nonce,
+            line,
+        })
     }
 
     /// The order to try members in: round-robin start; members that failed last, until a probe
@@ -339,14 +385,20 @@ impl Upstreams {
     /// Dials members until one delivers its INFO, never past `deadline`. If the member tried
     /// has not delivered INFO after the hedge delay, the next is dialed in parallel and the
     /// first INFO wins. Every failed, clipped or abandoned attempt counts against its member.
-    /// `client` is `(source, destination)` for the PROXY header; `settle`: how long to wait
-    /// after INFO for a `-ERR` behind it (zero: only what has already arrived).
+    /// `client` is `(source, destination)` for the PROXY header; `relayed`: the INFO goes to
+    /// the client (then it is always parsed, and a `-ERR` behind it is waited for
+    /// [`REFUSAL_SETTLE_CLIENT`]; otherwise only what has already arrived is looked at).
     pub(crate) async fn dial(
         &self,
         deadline: tokio::time::Instant,
         client: Option<(SocketAddr, SocketAddr)>,
-        settle: Duration,
+        relayed: bool,
     ) -> Result<UpstreamConn, DialError> {
+        let settle = if relayed {
+            REFUSAL_SETTLE_CLIENT
+        } else {
+            Duration::ZERO
+        };
         let mut queue = self.order().into_iter();
         // Polled with this task's own waker (not a FuturesUnordered, whose per-future waker
         // would stay registered on the chosen upstream socket, and its node allocated, for as
@@ -363,7 +415,12 @@ impl Upstreams {
                         in_flight.push(m.clone());
                         // When the dial's deadline comes first, its timer is the only one.
                         let own_timer = now + self.settings.connect_timeout < deadline;
-                        running.push(Box::pin(self.attempt(m, client, settle, own_timer)));
+                        let how = Attempt {
+                            settle,
+                            relayed,
+                            own_timer,
+                        };
+                        running.push(Box::pin(self.attempt(m, client, how)));
                         hedge = now + self.settings.hedge_delay;
                     }
                     None if running.is_empty() => return Err(DialError::Unavailable(last_err)),
@@ -386,17 +443,18 @@ impl Upstreams {
                     drop(running.swap_remove(i));
                     in_flight.retain(|x| !Arc::ptr_eq(x, &m));
                     match result {
-                        Ok(conn) => {
+                        Ok(met) => {
                             self.metrics.upstream_connect.record(started.elapsed().as_secs_f64());
                             m.succeeded(self.now_ms());
                             // Every INFO a client's dial meets keeps natsgate's own INFO fresh:
                             // a change of the upstream's configuration (nkey users added or
                             // removed) applies to the next client, not after the next probe.
-                            self.note_info(&conn.info);
+                            self.note_info(&met.1);
                             for lost in &in_flight {
                                 lost.failed(self.now_ms(), "no INFO before another member answered");
                             }
-                            return Ok(conn);
+                            let (stream, Met { info, nonce, .. }) = met;
+                            return Ok(UpstreamConn { stream, info, nonce });
                         }
                         Err(e) => {
                             m.failed(self.now_ms(), &e);
@@ -416,26 +474,25 @@ impl Upstreams {
         }
     }
 
-    /// One attempt on one member, limited by `connect_timeout` (`own_timer`), or by the
+    /// One attempt on one member, limited by `connect_timeout` (`how.own_timer`), or by the
     /// dial's deadline alone when that comes first: the dial then fails the attempt, and
     /// counts it against the member, itself.
     async fn attempt(
         &self,
         m: Arc<Member>,
         client: Option<(SocketAddr, SocketAddr)>,
-        settle: Duration,
-        own_timer: bool,
-    ) -> (Arc<Member>, Instant, Result<UpstreamConn, String>) {
+        how: Attempt,
+    ) -> (Arc<Member>, Instant, Result<(Stream, Met), String>) {
         let started = Instant::now();
         let limit = self.settings.connect_timeout;
-        let dial = self.dial_one(&m, client, settle);
-        let outcome = if own_timer {
+        let dial = self.dial_one(&m, client, how.settle, how.relayed);
+        let outcome = if how.own_timer {
             tokio::time::timeout(limit, dial).await.ok()
         } else {
             Some(dial.await)
         };
         let result = match outcome {
-            Some(Ok((stream, info))) => Ok(UpstreamConn { stream, info }),
+            Some(Ok(met)) => Ok(met),
             Some(Err(e)) => Err(e.to_string()),
             None => Err(format!("no INFO within connect_timeout ({limit:?})")),
         };
@@ -468,11 +525,16 @@ impl Upstreams {
                 .cloned()
                 .collect();
             let probes = due.into_iter().map(|m| async move {
-                let (m, _, result) = self.attempt(m, None, REFUSAL_SETTLE_PROBE, true).await;
+                let how = Attempt {
+                    settle: REFUSAL_SETTLE_PROBE,
+                    relayed: false,
+                    own_timer: true,
+                };
+                let (m, _, result) = self.attempt(m, None, how).await;
                 match result {
-                    Ok(conn) => {
+                    Ok((_, met)) => {
                         m.succeeded(self.now_ms());
-                        self.note_info(&conn.info);
+                        self.note_info(&met);
                     }
                     Err(e) => m.failed(self.now_ms(), &e),
                 }
@@ -486,7 +548,8 @@ impl Upstreams {
         member: &Member,
         client: Option<(SocketAddr, SocketAddr)>,
         settle: Duration,
-    ) -> std::io::Result<(Stream, Info)> {
+        relayed: bool,
+    ) -> std::io::Result<(Stream, Met)> {
         let server = &member.server;
         let tcp = member.connect().await?;
         tcp.set_nodelay(true)?;
@@ -506,7 +569,8 @@ impl Upstreams {
             stream = upgrade(stream, server, t).await?;
         }
         let line = read_info_line(&mut stream).await?;
-        let info = protocol::parse_info(&line).map_err(invalid)?;
+        let met = self.meet(line, relayed)?;
+        let info = &met.info;
         if let Stream::Plain(tcp) = &stream {
             refused_after_info(tcp, settle).await?;
         }
@@ -522,7 +586,7 @@ impl Upstreams {
                 None => {}
             }
         }
-        Ok((stream, info))
+        Ok((stream, met))
     }
 }
 

@@ -671,7 +671,7 @@ fn info_field() -> impl Strategy<Value = String> {
         "[0-9]{1,6}".prop_map(|n| format!("\"x\":{{\"client_id\":{n},\"client_ip\":\"1.2.3.4\"}}")),
         Just("\"connect_urls\":[\"10.0.0.1:4222\",\"10.0.0.2:4222\"]".to_string()),
         Just("\"tls_required\":true".to_string()),
-        Just("\"nonce\":\"abc\"".to_string()),
+        "[A-Za-z0-9_-]{0,12}".prop_map(|n| format!("\"nonce\":\"{n}\"")),
         ("[a-z_]{1,10}", json_value()).prop_map(|(k, v)| format!("\"{k}\":{v}")),
     ]
 }

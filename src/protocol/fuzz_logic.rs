@@ -10,10 +10,11 @@ use serde_json::value::RawValue;
 use std::net::{IpAddr, SocketAddr};
 
 use super::{
-    parse_info, parse_proxy_header, proxy_header_v1, proxy_header_v2, rewrite_info_line,
-    rewrite_info_with, scan_connect, scan_first_op, ClientIdentity, ConnectError, ConnectUrls,
-    FirstOp, FirstOpLimits, ProxyHeader, Rewrite, ServerStream, TlsAdvert, Verdict,
-    IDENTITY_MAX_CHARS, PROXY_V1_MAX_LEN, PROXY_V2_MAX_ADDR_LEN,
+    latest_info_changed, parse_info, parse_proxy_header, proxy_header_v1, proxy_header_v2,
+    rewrite_info_line, rewrite_info_with, same_info_line, scan_connect, scan_first_op,
+    ClientIdentity, ConnectError, ConnectUrls, FirstOp, FirstOpLimits, KnownLine, ProxyHeader,
+    Rewrite, ServerStream, TlsAdvert, Verdict, IDENTITY_MAX_CHARS, PROXY_V1_MAX_LEN,
+    PROXY_V2_MAX_ADDR_LEN,
 };
 
 /// The TLS adverts a follower may be built with, indexed by a fuzz byte.
@@ -443,10 +444,29 @@ pub fn check_info_line(line: &[u8]) {
     let advertise = ConnectUrls::Advertise(vec!["edge-a:4222".to_string()].into());
     let variants = [
         line.to_vec(),
-        with_values(line, b"987654", b"\"10.9.8.7\""),
-        with_values(line, b"3", b"\"2001:db8::9\""),
+        with_values(line, b"987654", b"\"10.9.8.7\"", b"\"nonce-2_X\""),
+        with_values(line, b"3", b"\"2001:db8::9\"", b"\"\""),
         line.to_vec(),
+        // Other bytes than the values: never rendered from the first line's template.
+        with_values(&with_tail(line), b"44", b"\"10.0.0.44\"", b"\"n44\""),
     ];
+    // An INFO known by its bytes (`same_info_line`) says what the parse would say, apart from
+    // the per-connection values, and its nonce is the parse's.
+    if let Ok(known) = parse_info(line) {
+        let kept = KnownLine::new(line.to_vec(), &known);
+        for v in &variants {
+            if let Some(nonce) = same_info_line(&kept, v) {
+                let parsed = parse_info(v).expect("a line known by its bytes parses");
+                assert!(
+                    !latest_info_changed(&known, &parsed),
+                    "{:?} taken for {:?}",
+                    String::from_utf8_lossy(v),
+                    String::from_utf8_lossy(line)
+                );
+                assert_eq!(nonce, parsed.str_field("nonce"));
+            }
+        }
+    }
     for (i, tls) in ADVERTS.into_iter().enumerate() {
         for (urls, ip) in [
             (ConnectUrls::Keep, None),
@@ -476,10 +496,18 @@ pub fn check_info_line(line: &[u8]) {
     }
 }
 
+/// `line` with one more field before its last `}`.
+fn with_tail(line: &[u8]) -> Vec<u8> {
+    match line.iter().rposition(|&b| b == b'}') {
+        Some(i) => [&line[..i], b",\"zz\":1", &line[i..]].concat(),
+        None => line.to_vec(),
+    }
+}
+
 /// `line` with every value after `"client_id":` (a run of digits) and `"client_ip":` (a string
 /// without escapes) replaced, wherever they are (nested ones too: the template must not be
 /// fooled by them).
-fn with_values(line: &[u8], id: &[u8], ip: &[u8]) -> Vec<u8> {
+fn with_values(line: &[u8], id: &[u8], ip: &[u8], nonce: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(line.len() + 32);
     let mut i = 0;
     while i < line.len() {
@@ -492,12 +520,16 @@ fn with_values(line: &[u8], id: &[u8], ip: &[u8]) -> Vec<u8> {
                 out.extend_from_slice(id);
                 i += n;
             }
-        } else if rest.starts_with(b"\"client_ip\":\"") {
-            out.extend_from_slice(b"\"client_ip\":");
-            i += 12;
+        } else if let Some((key, value)) =
+            [(&b"\"client_ip\":\""[..], ip), (b"\"nonce\":\"", nonce)]
+                .into_iter()
+                .find(|(key, _)| rest.starts_with(key))
+        {
+            out.extend_from_slice(&key[..key.len() - 1]);
+            i += key.len() - 1;
             match line[i + 1..].iter().position(|&b| b == b'"' || b == b'\\') {
                 Some(n) if line[i + 1 + n] == b'"' => {
-                    out.extend_from_slice(ip);
+                    out.extend_from_slice(value);
                     i += n + 2;
                 }
                 _ => {}

@@ -6,6 +6,7 @@
 //!
 //! - [`connect`]: the client's CONNECT line, the identity a log may show, `proxy_sig`;
 //! - [`info`]: the upstream's INFO and its rewrite for the client;
+//! - [`template`]: INFO lines rendered once and filled in per connection (same bytes);
 //! - [`server_ops`]: the follower of the upstream's ops after CONNECT ([`ServerStream`]);
 //! - [`proxy_header`]: PROXY protocol v1/v2 headers;
 //! - [`object`]: the JSON object both INFO and CONNECT are made of ([`RawObject`]), read the
@@ -19,6 +20,7 @@ pub mod info;
 pub mod object;
 pub mod proxy_header;
 pub mod server_ops;
+pub mod template;
 
 pub(crate) use connect::connect_with_proxy_sig;
 pub use connect::{
@@ -27,8 +29,8 @@ pub use connect::{
 };
 pub use info::{
     apply_rewrite, auth_required, insert_client_ip, latest_info_changed, ldm_info, max_payload,
-    own_info, parse_info, rewrite_info, rewrite_info_line, rewrite_info_with, set_client_ip,
-    ConnectUrls, Info, InfoError, OwnInfoLine, Rewrite, TlsAdvert, DEFAULT_MAX_PAYLOAD,
+    own_info, parse_info, rewrite_info, rewrite_info_with, set_client_ip, ConnectUrls, Info,
+    InfoError, Rewrite, TlsAdvert, DEFAULT_MAX_PAYLOAD,
 };
 pub use object::{go_name_matches, is_secret_key, RawObject};
 pub use proxy_header::{
@@ -39,6 +41,7 @@ pub use server_ops::{
     ServerStream, Verdict, DROPPED_BAD_INFO, DROPPED_LONG_INFO, LOST_BAD_MSG_SIZE, LOST_LONG_LINE,
     LOST_UNKNOWN_OP, MAX_SERVER_LINE,
 };
+pub use template::{rewrite_info_line, same_info_line, KnownLine, OwnInfoLine};
 
 /// Sent when the window closes before a complete CONNECT (nats-server's own text).
 pub const ERR_AUTH_TIMEOUT: &[u8] = b"-ERR 'Authentication Timeout'\r\n";

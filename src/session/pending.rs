@@ -130,9 +130,13 @@ impl<'a, S: PeekByte, D: Dial> Pending<'a, S, D> {
     /// `on_accept`: nats-server's own INFO (and nonce) is relayed, so its authorization timer
     /// runs while the client talks to natsgate.
     async fn on_accept(&mut self) -> Result<Established<D::Io>, Refusal> {
-        let UpstreamConn { mut stream, info } = self.dial(self.deadline, true).await?;
-        let nonce = self.nonce_to_sign(&info);
-        self.send_info(info).await?;
+        let UpstreamConn {
+            mut stream,
+            info,
+            nonce,
+        } = self.dial(self.deadline, true).await?;
+        let nonce = self.nonce_to_sign(nonce);
+        self.send_info(Arc::unwrap_or_clone(info)).await?;
         self.classic_tls().await?;
         let (buf, first) = self.read_connect().await?;
         let forwarded = self.forward(&mut stream, &buf, &first, nonce).await?;
@@ -153,7 +157,11 @@ impl<'a, S: PeekByte, D: Dial> Pending<'a, S, D> {
         let (buf, first) = self.read_connect().await?;
         // The window is over for the client; the dial gets its own limit.
         let limit = Instant::now() + self.config.upstream.connect_timeout;
-        let UpstreamConn { mut stream, info } = self.dial(limit, false).await?;
+        let UpstreamConn {
+            mut stream,
+            info,
+            nonce,
+        } = self.dial(limit, false).await?;
         // A nonce upstream matters only to a client that signs (nkey or JWT): it signed none.
         // A password or token client is served; natsgate's own ADR-55 signature still applies.
         let signs = match &first {
@@ -165,7 +173,7 @@ impl<'a, S: PeekByte, D: Dial> Pending<'a, S, D> {
         if signs && info.raw("nonce").is_some() {
             return Err(Refusal::NonceRequired);
         }
-        let nonce = self.nonce_to_sign(&info);
+        let nonce = self.nonce_to_sign(nonce);
         let forwarded = self.forward(&mut stream, &buf, &first, nonce).await?;
         Ok(self.established(stream, &first, forwarded))
     }
@@ -311,9 +319,8 @@ impl<'a, S: PeekByte, D: Dial> Pending<'a, S, D> {
     }
 
     /// ADR-55: only signing needs the nonce later, so a pending connection keeps nothing else.
-    fn nonce_to_sign(&self, info: &Info) -> Option<String> {
+    fn nonce_to_sign(&self, nonce: Option<String>) -> Option<String> {
         self.shared.signer.as_ref()?;
-        let nonce = info.str_field("nonce");
         if nonce.is_none() {
             // nats-server sends a nonce only when it trusts proxies or has nkey/JWT users.
             static WARNED: std::sync::Once = std::sync::Once::new();

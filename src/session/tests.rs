@@ -150,9 +150,11 @@ impl Dial for Upstream {
         sleep(delay).await;
         let (near, far) = duplex(64 * 1024);
         *self.far.lock().unwrap() = Some(far);
+        let info = protocol::parse_info(self.info).unwrap();
         Ok(UpstreamConn {
             stream: near,
-            info: protocol::parse_info(self.info).unwrap(),
+            nonce: info.str_field("nonce"),
+            info: Arc::new(info),
         })
     }
 
