@@ -26,6 +26,7 @@
 //! | `session`    | one connection: the pending phases, then the hand-off to the relay |
 //! | `relay`      | the spliced byte stream, byte counts, half-close |
 //! | [`metrics`]  | metric names, the Prometheus recorder, the `process_*` series |
+//! | [`logout`]   | log lines to stdout a batch per event-loop turn (one `write`, not one per line) |
 //! | `logsummary` | refusal log lines under a flood: a few per second, then a count per reason |
 //! | `admin`      | `/metrics` `/livez` `/healthz` `/readyz`, bounded against floods |
 //! | [`fdlimit`]  | `RLIMIT_NOFILE`: raised at start-up, shared out between clients and reserve |
@@ -43,6 +44,7 @@ pub mod gateway;
 mod lameduck;
 mod limits;
 mod listener;
+pub mod logout;
 mod logsummary;
 pub mod metrics;
 pub mod protocol;

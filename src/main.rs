@@ -75,7 +75,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(run(config))
+    let code = runtime.block_on(run(config));
+    drop(runtime);
+    natsgate::logout::flush();
+    code
 }
 
 /// Validates everything `natsgate` would load at start-up and prints the effective settings:
@@ -141,6 +144,7 @@ fn init_logging(config: &Config) {
     let colour = std::io::stdout().is_terminal()
         && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let builder = tracing_subscriber::fmt()
+        .with_writer(natsgate::logout::Batched)
         .with_env_filter(filter)
         .with_ansi(colour)
         .with_target(false);
@@ -220,10 +224,12 @@ async fn run(config: Config) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// One thread's event loop: a current-thread runtime with I/O and timers.
+/// One thread's event loop: a current-thread runtime with I/O and timers, which writes its
+/// log lines before it waits (see `natsgate::logout`).
 fn event_loop() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        .on_thread_park(natsgate::logout::flush)
         .build()
 }
 
@@ -251,6 +257,8 @@ fn worker(
                     Err(e) => tracing::error!(worker = i, "cannot start a worker: {e}"),
                 }
             });
+            drop(runtime);
+            natsgate::logout::flush();
             let _ = done.send(());
         });
     spawned

@@ -87,6 +87,21 @@ struct Attempt {
     own_timer: bool,
 }
 
+impl Attempt {
+    /// A client's dial: see [`Upstreams::dial`].
+    fn for_client(relayed: bool, own_timer: bool) -> Attempt {
+        let settle = match relayed {
+            true => REFUSAL_SETTLE_CLIENT,
+            false => Duration::ZERO,
+        };
+        Attempt {
+            settle,
+            relayed,
+            own_timer,
+        }
+    }
+}
+
 /// The latest INFO a member sent, and its line.
 struct Latest {
     info: Arc<Info>,
@@ -394,11 +409,6 @@ impl Upstreams {
         client: Option<(SocketAddr, SocketAddr)>,
         relayed: bool,
     ) -> Result<UpstreamConn, DialError> {
-        let settle = if relayed {
-            REFUSAL_SETTLE_CLIENT
-        } else {
-            Duration::ZERO
-        };
         let mut queue = self.order().into_iter();
         // Polled with this task's own waker (not a FuturesUnordered, whose per-future waker
         // would stay registered on the chosen upstream socket, and its node allocated, for as
@@ -415,11 +425,7 @@ impl Upstreams {
                         in_flight.push(m.clone());
                         // When the dial's deadline comes first, its timer is the only one.
                         let own_timer = now + self.settings.connect_timeout < deadline;
-                        let how = Attempt {
-                            settle,
-                            relayed,
-                            own_timer,
-                        };
+                        let how = Attempt::for_client(relayed, own_timer);
                         running.push(Box::pin(self.attempt(m, client, how)));
                         hedge = now + self.settings.hedge_delay;
                     }
