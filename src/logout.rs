@@ -73,7 +73,8 @@ impl Drop for LineWriter {
     fn drop(&mut self) {
         let _ = BATCH.try_with(|b| {
             let mut batch = b.0.borrow_mut();
-            if self.urgent || !BATCHING.get() || batch.len() >= BATCH_LIMIT {
+            let batching = BATCHING.try_with(Cell::get).unwrap_or(false);
+            if self.urgent || !batching || batch.len() >= BATCH_LIMIT {
                 write_out(&mut batch);
             }
         });

@@ -118,11 +118,10 @@ impl OwnInfoCache {
         client_id: u64,
         client_ip: IpAddr,
     ) -> Vec<u8> {
-        let same = |r: &Rewrite| r.tls == rewrite.tls && r.connect_urls == rewrite.connect_urls;
         let found = {
             let mut lines = self.lines.lock().unwrap_or_else(|e| e.into_inner());
             lines.retain(|(l, ..)| Arc::ptr_eq(l, latest));
-            match lines.iter().find(|(_, r, _)| same(r)) {
+            match lines.iter().find(|(_, r, _)| r.same_kind(rewrite)) {
                 Some((_, _, line)) => line.clone(),
                 None => {
                     if lines.len() >= OWN_INFO_KINDS {

@@ -91,6 +91,22 @@ impl Rewrite {
             client_ip: None,
         }
     }
+
+    /// This rewrite with the upstream's `client_ip` kept: what a template of it is made with
+    /// (the client's address is filled in per client).
+    pub fn without_client_ip(&self) -> Rewrite {
+        Rewrite {
+            client_ip: None,
+            ..self.clone()
+        }
+    }
+
+    /// The same rewrite for another client: everything but the address itself.
+    pub fn same_kind(&self, other: &Rewrite) -> bool {
+        self.tls == other.tls
+            && self.connect_urls == other.connect_urls
+            && self.client_ip.is_some() == other.client_ip.is_some()
+    }
 }
 
 /// Rewrites the upstream INFO for the client: the nonce and every other field are kept; only

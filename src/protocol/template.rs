@@ -113,7 +113,7 @@ impl OwnInfoLine {
         for hole in [Hole::Id, Hole::Ip] {
             info.set(hole.key(), &Value::from(hole.mark()));
         }
-        apply_rewrite(&mut info, &without_client_ip(rewrite));
+        apply_rewrite(&mut info, &rewrite.without_client_ip());
         let template = Template::of(&info)?;
         (template.holes.len() == 2 && template.has(Hole::Id) && template.has(Hole::Ip))
             .then_some(OwnInfoLine(template))
@@ -135,20 +135,6 @@ impl OwnInfoLine {
 /// A client's address as a JSON string (IPv4-mapped written as IPv4): no escaping needed.
 fn write_ip(out: &mut Vec<u8>, ip: IpAddr) {
     let _ = std::io::Write::write_fmt(out, format_args!("\"{}\"", ip.to_canonical()));
-}
-
-fn without_client_ip(rewrite: &Rewrite) -> Rewrite {
-    Rewrite {
-        client_ip: None,
-        ..rewrite.clone()
-    }
-}
-
-/// The same rewrite for another client: everything but the address itself.
-fn same_kind(a: &Rewrite, b: &Rewrite) -> bool {
-    a.tls == b.tls
-        && a.connect_urls == b.connect_urls
-        && a.client_ip.is_some() == b.client_ip.is_some()
 }
 
 /// Where an INFO line's per-connection values are: the top-level `client_id` (an integer),
@@ -336,13 +322,18 @@ impl KnownLine {
         let values = Values::find(&line).filter(|v| v.agree_with(&line, info));
         KnownLine { line, values }
     }
+
+    /// Where the values are in `line` if it is this line with other values.
+    fn matching(&self, line: &[u8]) -> Option<Values> {
+        self.values.as_ref()?.matching(&self.line, line)
+    }
 }
 
 /// Whether `line` says what `known` says, apart from the values nats-server writes per
 /// connection. Returns `line`'s nonce when it does (`Some(None)`: it has none): whatever else
 /// the line would be parsed for can be read from `known`'s parse.
 pub fn same_info_line(known: &KnownLine, line: &[u8]) -> Option<Option<String>> {
-    let values = known.values.as_ref()?.matching(&known.line, line)?;
+    let values = known.matching(line)?;
     let nonce = values.value(line, Hole::Nonce).map(|v| {
         // A plain string: its text between the quotes is its value.
         String::from_utf8_lossy(&v[1..v.len() - 1]).into_owned()
@@ -354,8 +345,8 @@ pub fn same_info_line(known: &KnownLine, line: &[u8]) -> Option<Option<String>> 
 /// per-connection values become.
 struct Rendered {
     rewrite: Rewrite,
-    source: Vec<u8>,
-    values: Values,
+    /// The line it was made of (its values found).
+    known: KnownLine,
     template: Template,
 }
 
@@ -373,8 +364,10 @@ thread_local! {
 pub fn rewrite_info_line(line: &[u8], rewrite: &Rewrite) -> Result<Vec<u8>, InfoError> {
     let hit = RENDERED.with(|kept| {
         kept.borrow().iter().find_map(|r| {
-            let values = same_kind(&r.rewrite, rewrite)
-                .then(|| r.values.matching(&r.source, line))
+            let values = r
+                .rewrite
+                .same_kind(rewrite)
+                .then(|| r.known.matching(line))
                 .flatten()?;
             Some(r.template.render(filler(line, &values, rewrite)))
         })
@@ -382,18 +375,15 @@ pub fn rewrite_info_line(line: &[u8], rewrite: &Rewrite) -> Result<Vec<u8>, Info
     if let Some(out) = hit {
         return Ok(out);
     }
-    let Some(values) = Values::find(line) else {
-        return Ok(rewrite_info_with(parse_info(line)?, rewrite));
-    };
-    let fill = filler(line, &values, rewrite);
     let info = parse_info(line)?;
+    let known = KnownLine::new(line.to_vec(), &info);
+    let Some(values) = &known.values else {
+        return Ok(rewrite_info_with(info, rewrite));
+    };
     let whole = rewrite_info_with(info.clone(), rewrite);
     // Kept only when it renders this very line exactly as the whole rewrite does.
-    let template = values
-        .agree_with(line, &info)
-        .then(|| template_for(info, &values, rewrite))
-        .flatten()
-        .filter(|t| t.render(fill) == whole);
+    let template = template_for(info, values, rewrite)
+        .filter(|t| t.render(filler(line, values, rewrite)) == whole);
     if let Some(template) = template {
         RENDERED.with(|kept| {
             let mut kept = kept.borrow_mut();
@@ -402,8 +392,7 @@ pub fn rewrite_info_line(line: &[u8], rewrite: &Rewrite) -> Result<Vec<u8>, Info
             }
             kept.push(Rendered {
                 rewrite: rewrite.clone(),
-                source: line.to_vec(),
-                values: values.clone(),
+                known,
                 template,
             });
         });
@@ -430,7 +419,7 @@ fn template_for(mut info: Info, values: &Values, rewrite: &Rewrite) -> Option<Te
     for &(_, hole) in &values.cuts {
         info.set(hole.key(), &Value::from(hole.mark()));
     }
-    apply_rewrite(&mut info, &without_client_ip(rewrite));
+    apply_rewrite(&mut info, &rewrite.without_client_ip());
     if rewrite.client_ip.is_some() {
         info.set(Hole::Ip.key(), &Value::from(Hole::Ip.mark()));
     }
